@@ -1,0 +1,260 @@
+//! Loads an exported TV-UNet once with tract and segments slices with it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use crate::postprocess::{Lesion, LesionMask};
+use crate::preprocess::{self, GraySlice, PixelSpacing};
+
+/// Metadata keys every exported model carries (ONNX `metadata_props`).
+pub mod keys {
+    /// Side of the square model input, pixels.
+    pub const INPUT_SIZE: &str = "tvunet.input_size";
+    /// Name of the input normalisation; must equal [`crate::preprocess::NORMALISATION`].
+    pub const NORMALISATION: &str = "tvunet.normalisation";
+    /// Default probability threshold, in (0, 1).
+    pub const THRESHOLD: &str = "tvunet.threshold";
+    /// What the mask marks: `infection` (ground glass + consolidation) or `ggo`.
+    pub const TARGET: &str = "tvunet.target";
+    /// sha256 over the training slices and masks.
+    pub const DATA_FINGERPRINT: &str = "tvunet.data_fingerprint";
+    /// tvunet version that wrote the file.
+    pub const VERSION: &str = "tvunet.version";
+    /// git commit of the tree that wrote the file.
+    pub const GIT_COMMIT: &str = "tvunet.git_commit";
+    /// Number representation: `fp32` or `int8`.
+    pub const PRECISION: &str = "tvunet.precision";
+}
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("model is not a readable ONNX file: {0}")]
+    Parse(String),
+    #[error("model metadata key `{key}` is missing")]
+    MissingKey { key: &'static str },
+    #[error("model metadata key `{key}` has value `{value}`: {why}")]
+    BadKey { key: &'static str, value: String, why: &'static str },
+    #[error("tract cannot prepare the model: {0}")]
+    Prepare(String),
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// What the model's metadata says about how to use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// Side of the square input, pixels.
+    pub input_size: u32,
+    /// Default threshold on the probability map.
+    pub threshold: f32,
+    /// What the mask marks.
+    pub target: String,
+    /// Number representation of the weights.
+    pub precision: String,
+    /// All `metadata_props`, as written.
+    pub props: HashMap<String, String>,
+}
+
+impl ModelMeta {
+    /// Reads and checks the metadata of an ONNX model.
+    ///
+    /// # Errors
+    /// [`ModelError::MissingKey`] or [`ModelError::BadKey`] naming the first key at fault.
+    pub fn from_props(props: HashMap<String, String>) -> Result<Self, ModelError> {
+        let get = |key: &'static str| props.get(key).ok_or(ModelError::MissingKey { key });
+        let bad = |key: &'static str, value: &str, why| ModelError::BadKey {
+            key,
+            value: value.to_string(),
+            why,
+        };
+        let size = get(keys::INPUT_SIZE)?;
+        let input_size: u32 = size.parse().map_err(|_| bad(keys::INPUT_SIZE, size, "not an integer"))?;
+        if !(16..=2048).contains(&input_size) || input_size % 16 != 0 {
+            return Err(bad(keys::INPUT_SIZE, size, "must be a multiple of 16 in 16..=2048"));
+        }
+        let norm = get(keys::NORMALISATION)?;
+        if norm != preprocess::NORMALISATION {
+            return Err(bad(keys::NORMALISATION, norm, "this runtime only knows zscore-per-slice"));
+        }
+        let t = get(keys::THRESHOLD)?;
+        let threshold: f32 = t.parse().map_err(|_| bad(keys::THRESHOLD, t, "not a number"))?;
+        if !(threshold > 0.0 && threshold < 1.0) {
+            return Err(bad(keys::THRESHOLD, t, "must lie strictly between 0 and 1"));
+        }
+        let target = get(keys::TARGET)?.clone();
+        if target != "infection" && target != "ggo" {
+            return Err(bad(keys::TARGET, &target, "must be `infection` or `ggo`"));
+        }
+        let precision = props.get(keys::PRECISION).cloned().unwrap_or_else(|| "fp32".into());
+        Ok(Self { input_size, threshold, target, precision, props })
+    }
+}
+
+/// The per-slice result the device reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceReport {
+    /// Slice columns, pixels.
+    pub width: u32,
+    /// Slice rows, pixels.
+    pub height: u32,
+    /// Threshold applied to the probability map.
+    pub threshold: f32,
+    /// Lesion pixels in the mask.
+    pub lesion_px: u64,
+    /// Lesion pixels over all pixels of the slice.
+    pub lesion_fraction: f64,
+    /// Lesion area, mm²; `None` when the pixel spacing was not given.
+    pub lesion_area_mm2: Option<f64>,
+    /// Pixel spacing the area was computed with.
+    pub spacing_mm: Option<PixelSpacing>,
+    /// The 8-connected lesions.
+    pub lesions: Vec<Lesion>,
+    /// Time for preprocessing, inference and postprocessing, ms.
+    pub inference_ms: f64,
+    /// sha256 of the model file, hex.
+    pub model_sha256: String,
+    /// The mask, run-length coded (see [`LesionMask::to_rle`]).
+    pub mask_rle: Vec<u32>,
+    /// Bytes that crossed the link for this slice (request and reply frames); set by the link.
+    pub link_bytes: Option<u64>,
+}
+
+impl SliceReport {
+    /// Decodes the mask carried in the report.
+    ///
+    /// # Errors
+    /// When the run lengths do not cover the slice.
+    pub fn mask(&self) -> Result<LesionMask, String> {
+        LesionMask::from_rle(self.width, self.height, &self.mask_rle)
+    }
+}
+
+/// A loaded, optimised model ready to segment slices. Cheap to share between threads.
+pub struct Segmenter {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    meta: ModelMeta,
+    sha256: String,
+    name: String,
+}
+
+impl Segmenter {
+    /// Loads an ONNX file.
+    ///
+    /// # Errors
+    /// See [`Segmenter::from_bytes`]; also [`ModelError::Read`] when the file cannot be read.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| ModelError::Read { path: path.display().to_string(), source })?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::from_bytes(&bytes, &name)
+    }
+
+    /// Parses, checks and optimises an ONNX model held in memory.
+    ///
+    /// # Errors
+    /// [`ModelError::Parse`] for bytes that are not ONNX, the metadata errors of
+    /// [`ModelMeta::from_props`], and [`ModelError::Prepare`] when tract cannot plan it.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, ModelError> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| ModelError::Parse(format!("{e:#}")))?;
+        let props =
+            proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        let meta = ModelMeta::from_props(props)?;
+        let side = meta.input_size as usize;
+        let plan = onnx
+            .model_for_proto_model(&proto)
+            .and_then(|m| m.with_input_fact(0, f32::fact([1, 1, side, side]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| ModelError::Prepare(format!("{e:#}")))?;
+        let sha256 = format!("{:x}", Sha256::digest(bytes));
+        tracing::info!(name, side, threshold = meta.threshold, "model loaded");
+        Ok(Self { plan, meta, sha256, name: name.to_string() })
+    }
+
+    /// The model's metadata.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// sha256 of the model file, hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// File name the model was loaded from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs the network on one prepared input plane.
+    ///
+    /// # Shapes
+    /// `plane` holds `input_size²` values (1 x 1 x side x side); so does the returned
+    /// probability map.
+    ///
+    /// # Errors
+    /// [`ModelError::Run`] when tract fails.
+    pub fn probability_plane(&self, plane: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let side = self.meta.input_size as usize;
+        let input = Tensor::from_shape(&[1, 1, side, side], plane)
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let out = self.plan.run(tvec!(input.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let view = out[0].to_plain_array_view::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        Ok(view.iter().copied().collect())
+    }
+
+    /// Probability map of a slice at the slice's own size.
+    ///
+    /// # Errors
+    /// [`ModelError::Run`] when tract fails.
+    pub fn probability(&self, slice: &GraySlice) -> Result<Vec<f32>, ModelError> {
+        let side = self.meta.input_size;
+        let plane = preprocess::model_input(slice, side);
+        let prob = self.probability_plane(&plane)?;
+        Ok(preprocess::resize_map(&prob, (side, side), (slice.width, slice.height)))
+    }
+
+    /// Segments one slice: probability map, threshold (the model's default unless given),
+    /// lesions and areas.
+    ///
+    /// # Errors
+    /// [`ModelError::Run`] when tract fails.
+    pub fn segment(
+        &self,
+        slice: &GraySlice,
+        threshold: Option<f32>,
+        spacing: Option<PixelSpacing>,
+    ) -> Result<(SliceReport, LesionMask), ModelError> {
+        let start = Instant::now();
+        let threshold = threshold.unwrap_or(self.meta.threshold);
+        let prob = self.probability(slice)?;
+        let mask = LesionMask::from_probability(&prob, slice.width, slice.height, threshold);
+        let lesion_px = mask.lesion_px();
+        let report = SliceReport {
+            width: slice.width,
+            height: slice.height,
+            threshold,
+            lesion_px,
+            lesion_fraction: lesion_px as f64 / slice.len() as f64,
+            lesion_area_mm2: spacing.map(|s| lesion_px as f64 * s.pixel_area_mm2()),
+            spacing_mm: spacing,
+            lesions: mask.lesions(spacing),
+            inference_ms: start.elapsed().as_secs_f64() * 1e3,
+            model_sha256: self.sha256.clone(),
+            mask_rle: mask.to_rle(),
+            link_bytes: None,
+        };
+        Ok((report, mask))
+    }
+}

@@ -1,0 +1,14 @@
+//! The tvunet edge runtime: preprocessing, tract inference, postprocessing and the link
+//! protocol. The host toolchain uses the same library, so every figure it measures comes from
+//! the code that ships.
+
+pub mod display;
+pub mod inference;
+pub mod link;
+pub mod postprocess;
+pub mod preprocess;
+pub mod protocol;
+
+pub use inference::{ModelError, ModelMeta, Segmenter, SliceReport};
+pub use postprocess::{Lesion, LesionMask};
+pub use preprocess::{GraySlice, HuWindow, PixelSpacing, SliceError};

@@ -1,0 +1,214 @@
+//! Slice in, model tensor out: the one copy of the preprocessing that training, evaluation and
+//! the device all call, so that what is measured is what ships.
+
+use image::{imageops::FilterType, ImageBuffer, Luma};
+use serde::{Deserialize, Serialize};
+
+/// Name written into the model's metadata for [`normalise`]; a model asking for another
+/// normalisation is refused.
+pub const NORMALISATION: &str = "zscore-per-slice";
+
+/// An 8-bit greyscale axial CT slice, row-major, as the workstation exports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraySlice {
+    /// Columns, in pixels.
+    pub width: u32,
+    /// Rows, in pixels.
+    pub height: u32,
+    /// `width * height` grey values, row-major.
+    pub pixels: Vec<u8>,
+}
+
+/// A display window over Hounsfield units (DICOM C.11.2.1.2.1, linear function).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HuWindow {
+    /// Window centre, HU.
+    pub center_hu: f32,
+    /// Window width, HU.
+    pub width_hu: f32,
+}
+
+impl HuWindow {
+    /// A lung window (centre -600 HU, width 1500 HU): the kind of window the training slices
+    /// were exported with.
+    pub const LUNG: HuWindow = HuWindow { center_hu: -600.0, width_hu: 1500.0 };
+}
+
+/// Physical size of one pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PixelSpacing {
+    /// Distance between row centres, mm.
+    pub row_mm: f64,
+    /// Distance between column centres, mm.
+    pub col_mm: f64,
+}
+
+impl PixelSpacing {
+    /// Area of one pixel, mm².
+    pub fn pixel_area_mm2(&self) -> f64 {
+        self.row_mm * self.col_mm
+    }
+}
+
+/// Why a slice could not be turned into a model input.
+#[derive(Debug, thiserror::Error)]
+pub enum SliceError {
+    #[error("slice is empty ({width}x{height} pixels)")]
+    Empty { width: u32, height: u32 },
+    #[error("slice is {width}x{height} pixels, above the limit of {limit} pixels")]
+    TooLarge { width: u32, height: u32, limit: u64 },
+    #[error("slice declares {width}x{height} pixels but carries {got} values")]
+    SizeMismatch { width: u32, height: u32, got: usize },
+    #[error("window width {0} HU is not positive")]
+    BadWindow(f32),
+    #[error("cannot decode image: {0}")]
+    Decode(String),
+}
+
+impl GraySlice {
+    /// Wraps raw pixels, checking that the count matches the size.
+    ///
+    /// # Errors
+    /// [`SliceError::Empty`] for a zero side, [`SliceError::SizeMismatch`] when the pixel count
+    /// is not `width * height`.
+    pub fn new(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self, SliceError> {
+        check_size(width, height, pixels.len())?;
+        Ok(Self { width, height, pixels })
+    }
+
+    /// Decodes PNG or JPEG bytes; colour images are converted to luma.
+    ///
+    /// # Errors
+    /// [`SliceError::Decode`] when the bytes are not a readable image, [`SliceError::Empty`]
+    /// for a zero-sized one.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SliceError> {
+        let img = image::load_from_memory(bytes).map_err(|e| SliceError::Decode(e.to_string()))?;
+        let grey = img.into_luma8();
+        let (width, height) = grey.dimensions();
+        Self::new(width, height, grey.into_raw())
+    }
+
+    /// Maps signed Hounsfield units through a window to 8-bit grey.
+    ///
+    /// # Errors
+    /// [`SliceError::BadWindow`] for a window width that is not positive, and the size checks
+    /// of [`GraySlice::new`].
+    pub fn from_hu(
+        width: u32,
+        height: u32,
+        hu: &[i16],
+        window: HuWindow,
+    ) -> Result<Self, SliceError> {
+        if !(window.width_hu > 0.0) {
+            return Err(SliceError::BadWindow(window.width_hu));
+        }
+        check_size(width, height, hu.len())?;
+        let low = window.center_hu - window.width_hu / 2.0;
+        let pixels = hu
+            .iter()
+            .map(|&v| ((f32::from(v) - low) / window.width_hu * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        Ok(Self { width, height, pixels })
+    }
+
+    /// Number of pixels.
+    pub fn len(&self) -> usize {
+        self.pixels.len()
+    }
+
+    /// True for a slice without pixels (never produced by the constructors).
+    pub fn is_empty(&self) -> bool {
+        self.pixels.is_empty()
+    }
+}
+
+fn check_size(width: u32, height: u32, got: usize) -> Result<(), SliceError> {
+    if width == 0 || height == 0 {
+        return Err(SliceError::Empty { width, height });
+    }
+    if u64::from(width) * u64::from(height) != got as u64 {
+        return Err(SliceError::SizeMismatch { width, height, got });
+    }
+    Ok(())
+}
+
+/// Resizes a row-major f32 map bilinearly.
+///
+/// # Shapes
+/// `map` is `from.1` rows by `from.0` columns; the result is `to.1` rows by `to.0` columns.
+pub fn resize_map(map: &[f32], from: (u32, u32), to: (u32, u32)) -> Vec<f32> {
+    if from == to {
+        return map.to_vec();
+    }
+    let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
+        ImageBuffer::from_raw(from.0, from.1, map.to_vec()).expect("map length is from.0 * from.1");
+    image::imageops::resize(&buf, to.0, to.1, FilterType::Triangle).into_raw()
+}
+
+/// Standardises a map in place to zero mean and unit deviation over the slice.
+///
+/// Per-slice standardisation removes the brightness and contrast of whichever window the
+/// workstation exported with; the deviation is floored so a flat slice stays finite.
+pub fn normalise(values: &mut [f32]) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let std = var.sqrt().max(1.0);
+    for v in values {
+        *v = ((f64::from(*v) - mean) / std) as f32;
+    }
+}
+
+/// Turns a slice into the model's input plane: grey values resized to `side x side`, then
+/// [`normalise`]d.
+///
+/// # Shapes
+/// Returns `side * side` values, row-major (the 1 x 1 x side x side input tensor).
+pub fn model_input(slice: &GraySlice, side: u32) -> Vec<f32> {
+    let grey: Vec<f32> = slice.pixels.iter().map(|&p| f32::from(p)).collect();
+    let mut plane = resize_map(&grey, (slice.width, slice.height), (side, side));
+    normalise(&mut plane);
+    plane
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A normalised plane has mean 0 and deviation 1.
+    #[test]
+    fn normalised_plane_is_standard() {
+        let slice = GraySlice::new(3, 2, vec![0, 50, 100, 150, 200, 250]).unwrap();
+        let plane = model_input(&slice, 8);
+        let mean = plane.iter().sum::<f32>() / plane.len() as f32;
+        let var = plane.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / plane.len() as f32;
+        assert!(mean.abs() < 1e-4, "mean {mean}");
+        assert!((var - 1.0).abs() < 1e-3, "variance {var}");
+    }
+
+    /// A linear change of window (brightness and contrast) leaves the model input unchanged.
+    #[test]
+    fn input_ignores_linear_window_change() {
+        let a: Vec<u8> = (0..64u32).map(|i| (i * 3) as u8).collect();
+        let b: Vec<u8> = a.iter().map(|&v| v / 2 + 60).collect();
+        let pa = model_input(&GraySlice::new(8, 8, a).unwrap(), 8);
+        let pb = model_input(&GraySlice::new(8, 8, b).unwrap(), 8);
+        let worst = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst < 0.05, "max difference {worst}");
+    }
+
+    /// HU values map through the window: the low edge to 0, the high edge to 255.
+    #[test]
+    fn hu_window_maps_edges() {
+        let w = HuWindow { center_hu: 40.0, width_hu: 400.0 };
+        let s = GraySlice::from_hu(3, 1, &[-160, 40, 240], w).unwrap();
+        assert_eq!(s.pixels, vec![0, 128, 255]);
+    }
+
+    /// Pixel count and declared size must agree.
+    #[test]
+    fn size_mismatch_is_refused() {
+        let err = GraySlice::new(4, 4, vec![0; 15]).unwrap_err();
+        assert!(err.to_string().contains("4x4") && err.to_string().contains("15"), "{err}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Sends slices to an edge device over TCP or a serial port and writes what comes back.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tvunet_device::link::{Client, LinkConfig};
+use tvunet_device::protocol::{InferRequest, SliceData};
+use tvunet_device::{GraySlice, LesionMask, PixelSpacing, SliceReport};
+
+/// Where the device listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port` of a device serving TCP.
+    Tcp(String),
+    /// A serial port and its speed in bits/s.
+    Serial { path: String, baud: u32 },
+}
+
+/// One slice sent to the device and what it answered.
+#[derive(Debug, Clone)]
+pub struct SentSlice {
+    /// File stem of the slice; the output files are named after it.
+    pub name: String,
+    /// The device's report; `link_bytes` counts the request and reply frames.
+    pub report: SliceReport,
+    /// The mask decoded from the report, at the slice's size.
+    pub mask: LesionMask,
+}
+
+/// Sends each PNG/JPEG file to the device and writes, per slice, `NAME.mask.png` (0/255 at the
+/// slice's size), `NAME.overlay.png` (lesions tinted red over the slice, RGB) and `NAME.json`
+/// (the report) into `out`, printing one line per slice.
+///
+/// # Errors
+/// When the device cannot be reached, refuses a slice, or a file cannot be read or written;
+/// stops at the first failure.
+pub fn send(
+    target: Target,
+    files: &[PathBuf],
+    out: &Path,
+    threshold: Option<f32>,
+    spacing: Option<PixelSpacing>,
+) -> Result<Vec<SentSlice>> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating output directory {}", out.display()))?;
+    let config = LinkConfig::default();
+    match target {
+        Target::Tcp(addr) => {
+            let client = Client::connect_tcp(&addr, config)
+                .with_context(|| format!("connecting to tcp {addr}"))?;
+            send_all(client, files, out, threshold, spacing)
+        }
+        Target::Serial { path, baud } => {
+            let client = Client::open_serial(&path, baud, config)?;
+            send_all(client, files, out, threshold, spacing)
+        }
+    }
+}
+
+fn send_all<S: Read + Write>(
+    mut client: Client<S>,
+    files: &[PathBuf],
+    out: &Path,
+    threshold: Option<f32>,
+    spacing: Option<PixelSpacing>,
+) -> Result<Vec<SentSlice>> {
+    let info = client.hello().context("the device does not answer")?;
+    tracing::info!(
+        model = %info.model_name,
+        sha256 = %info.model_sha256,
+        input_size = info.input_size,
+        target = %info.target,
+        "device ready"
+    );
+    let mut sent = Vec::with_capacity(files.len());
+    for file in files {
+        let Some(name) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            bail!("{} has no file name", file.display());
+        };
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let slice =
+            GraySlice::decode(&bytes).with_context(|| format!("decoding {}", file.display()))?;
+        let request =
+            InferRequest { slice: SliceData::Encoded { bytes }, threshold, spacing_mm: spacing };
+        let report =
+            client.infer(&request).with_context(|| format!("segmenting {}", file.display()))?;
+        let mask = report.mask().map_err(anyhow::Error::msg).context("decoding the mask")?;
+        if (mask.width, mask.height) != (slice.width, slice.height) {
+            bail!(
+                "{}: device returned a {}x{} mask for a {}x{} slice",
+                file.display(),
+                mask.width,
+                mask.height,
+                slice.width,
+                slice.height
+            );
+        }
+        write_outputs(out, &name, &slice, &mask, &report)?;
+        println!("{}", summary_line(&name, &report));
+        sent.push(SentSlice { name, report, mask });
+    }
+    Ok(sent)
+}
+
+fn write_outputs(
+    out: &Path,
+    name: &str,
+    slice: &GraySlice,
+    mask: &LesionMask,
+    report: &SliceReport,
+) -> Result<()> {
+    let mask_path = out.join(format!("{name}.mask.png"));
+    image::GrayImage::from_raw(mask.width, mask.height, mask.to_grey())
+        .context("mask size")?
+        .save(&mask_path)
+        .with_context(|| format!("writing {}", mask_path.display()))?;
+    let overlay_path = out.join(format!("{name}.overlay.png"));
+    overlay(slice, mask)
+        .save(&overlay_path)
+        .with_context(|| format!("writing {}", overlay_path.display()))?;
+    let json_path = out.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    Ok(())
+}
+
+/// The slice in grey with lesion pixels tinted red: red raised halfway to 255, green and
+/// blue halved.
+///
+/// # Panics
+/// When the mask and the slice differ in size.
+pub fn overlay(slice: &GraySlice, mask: &LesionMask) -> image::RgbImage {
+    assert_eq!((slice.width, slice.height), (mask.width, mask.height), "mask and slice sizes");
+    let rgb = slice
+        .pixels
+        .iter()
+        .zip(&mask.pixels)
+        .flat_map(|(&g, &m)| if m != 0 { [g / 2 + 128, g / 2, g / 2] } else { [g, g, g] })
+        .collect();
+    image::RgbImage::from_raw(slice.width, slice.height, rgb).expect("size matches")
+}
+
+/// One line per slice: name, lesion pixels, area, lesion count, device time, link bytes.
+fn summary_line(name: &str, report: &SliceReport) -> String {
+    let area = report.lesion_area_mm2.map_or_else(|| "n/a".to_string(), |a| format!("{a:.1} mm2"));
+    let link = report.link_bytes.map_or_else(|| "n/a".to_string(), |b| format!("{b} B"));
+    format!(
+        "{name}\t{} px\t{area}\t{} lesions\t{:.1} ms\tlink {link}",
+        report.lesion_px,
+        report.lesions.len(),
+        report.inference_ms
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lesion pixels turn red, the rest stays grey.
+    #[test]
+    fn overlay_tints_lesions() {
+        let slice = GraySlice::new(2, 1, vec![100, 100]).unwrap();
+        let mask = LesionMask { width: 2, height: 1, pixels: vec![1, 0] };
+        let img = overlay(&slice, &mask);
+        assert_eq!(img.get_pixel(0, 0).0, [178, 50, 50]);
+        assert_eq!(img.get_pixel(1, 0).0, [100, 100, 100]);
+    }
+}

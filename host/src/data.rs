@@ -1,0 +1,422 @@
+//! Labelled CT slices: image folders and MedSeg NIfTI volumes, seeded splits and augmentation.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tvunet_device::preprocess::{self, GraySlice, HuWindow};
+
+/// What the mask marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Ground-glass opacity and consolidation (MedSeg labels 1 and 2).
+    Infection,
+    /// Ground-glass opacity only (label 1), as the TV-UNet paper.
+    Ggo,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Infection => "infection",
+            Target::Ggo => "ggo",
+        })
+    }
+}
+
+impl Target {
+    /// Whether a MedSeg label counts as lesion for this target.
+    pub fn is_lesion(self, label: u8) -> bool {
+        match self {
+            Target::Infection => label == 1 || label == 2,
+            Target::Ggo => label == 1,
+        }
+    }
+}
+
+/// One axial slice with its lesion mask at the same size.
+#[derive(Debug, Clone)]
+pub struct LabelledSlice {
+    /// File stem or `volume:z` index; never a patient identifier.
+    pub id: String,
+    /// The slice, 8-bit grey.
+    pub image: GraySlice,
+    /// `width * height` values, 1 = lesion.
+    pub mask: Vec<u8>,
+}
+
+/// Why a labelled set could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {why}")]
+    Image { path: PathBuf, why: String },
+    #[error("slice {image} has no mask: expected {mask}")]
+    MissingMask { image: PathBuf, mask: PathBuf },
+    #[error("slice {image} is {iw}x{ih} but its mask {mask} is {mw}x{mh}")]
+    SizeMismatch { image: PathBuf, mask: PathBuf, iw: u32, ih: u32, mw: u32, mh: u32 },
+    #[error("mask {path} holds label {label}; expected 0 (background), 1 (ground glass) or 2 (consolidation)")]
+    BadLabel { path: PathBuf, label: u8 },
+    #[error("{path}: no slices found (expected images/<id>.jpg|png)")]
+    Empty { path: PathBuf },
+    #[error("NIfTI {path}: {why}")]
+    Nifti { path: PathBuf, why: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads a MedSeg-style folder: `images/<id>.jpg|png` with `masks_multiclass/<id>.png` (palette
+/// indices) or, when that folder is absent, `masks_binary/<id>.png` (0/255, infection only).
+///
+/// # Errors
+/// A missing mask or a mask of another size names both files; see [`DataError`].
+pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, DataError> {
+    let images = dir.join("images");
+    let multiclass = dir.join("masks_multiclass");
+    let binary = dir.join("masks_binary");
+    let use_multiclass = multiclass.is_dir();
+    if !use_multiclass && target == Target::Ggo {
+        return Err(DataError::MissingMask {
+            image: images.clone(),
+            mask: multiclass.join("<id>.png (ground glass needs the multiclass masks)"),
+        });
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&images)
+        .map_err(io_err(&images))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            matches!(ext.as_str(), "jpg" | "jpeg" | "png")
+        })
+        .collect();
+    paths.sort_by_key(|p| natural_key(p));
+    if paths.is_empty() {
+        return Err(DataError::Empty { path: images });
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    for image_path in paths {
+        let stem = image_path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let mask_path = if use_multiclass { &multiclass } else { &binary }.join(format!("{stem}.png"));
+        if !mask_path.is_file() {
+            return Err(DataError::MissingMask { image: image_path, mask: mask_path });
+        }
+        let bytes = std::fs::read(&image_path).map_err(io_err(&image_path))?;
+        let image = GraySlice::decode(&bytes)
+            .map_err(|e| DataError::Image { path: image_path.clone(), why: e.to_string() })?;
+        let (mw, mh, labels) = if use_multiclass {
+            read_palette_png(&mask_path)?
+        } else {
+            let (w, h, grey) = read_grey_png(&mask_path)?;
+            (w, h, grey.into_iter().map(|v| u8::from(v > 127)).collect())
+        };
+        if (mw, mh) != (image.width, image.height) {
+            return Err(DataError::SizeMismatch {
+                iw: image.width,
+                ih: image.height,
+                image: image_path,
+                mask: mask_path,
+                mw,
+                mh,
+            });
+        }
+        if let Some(&label) = labels.iter().find(|&&l| l > 2) {
+            return Err(DataError::BadLabel { path: mask_path, label });
+        }
+        let mask = labels.into_iter().map(|l| u8::from(target.is_lesion(l))).collect();
+        out.push(LabelledSlice { id: stem, image, mask });
+    }
+    Ok(out)
+}
+
+/// Sort key that puts `2` before `10`.
+fn natural_key(p: &Path) -> (u64, String) {
+    let stem = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    (stem.parse().unwrap_or(u64::MAX), stem)
+}
+
+/// Reads a palette PNG as raw palette indices (not the colours they map to).
+fn read_palette_png(path: &Path) -> Result<(u32, u32, Vec<u8>), DataError> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let bad = |why: String| DataError::Image { path: path.to_path_buf(), why };
+    let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad("too large".into()))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(e.to_string()))?;
+    if info.bit_depth != png::BitDepth::Eight
+        || !matches!(info.color_type, png::ColorType::Indexed | png::ColorType::Grayscale)
+    {
+        return Err(bad(format!(
+            "mask must be 8-bit palette or grey, found {:?} {:?}",
+            info.color_type, info.bit_depth
+        )));
+    }
+    buf.truncate(info.buffer_size());
+    Ok((info.width, info.height, buf))
+}
+
+fn read_grey_png(path: &Path) -> Result<(u32, u32, Vec<u8>), DataError> {
+    let img = image::open(path)
+        .map_err(|e| DataError::Image { path: path.to_path_buf(), why: e.to_string() })?
+        .into_luma8();
+    let (w, h) = img.dimensions();
+    Ok((w, h, img.into_raw()))
+}
+
+/// Reads MedSeg's NIfTI release: an image volume (`tr_im.nii.gz`, pseudo-HU) and a label volume
+/// (`tr_mask.nii.gz`) of the same shape. Each z index becomes one slice, windowed with the lung
+/// window, laid out as MedSeg's arrays are (`[x, y]` as rows and columns, the orientation of the
+/// folder release).
+///
+/// # Errors
+/// [`DataError::Nifti`] for unreadable files or volumes of different shapes.
+pub fn read_nifti_pair(
+    image_path: &Path,
+    mask_path: &Path,
+    target: Target,
+) -> Result<Vec<LabelledSlice>, DataError> {
+    use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
+    let load = |path: &Path| {
+        ReaderOptions::new()
+            .read_file(path)
+            .and_then(|obj| obj.into_volume().into_ndarray::<f32>())
+            .map_err(|e| DataError::Nifti { path: path.to_path_buf(), why: e.to_string() })
+    };
+    let image = load(image_path)?;
+    let mask = load(mask_path)?;
+    if image.shape() != mask.shape() || image.ndim() != 3 {
+        return Err(DataError::Nifti {
+            path: mask_path.to_path_buf(),
+            why: format!(
+                "label shape {:?} does not match image shape {:?} (both must be 3-D)",
+                mask.shape(),
+                image.shape()
+            ),
+        });
+    }
+    let (nx, ny, nz) = (image.shape()[0], image.shape()[1], image.shape()[2]);
+    let window = HuWindow::LUNG;
+    let mut out = Vec::with_capacity(nz);
+    for z in 0..nz {
+        let mut hu = Vec::with_capacity(nx * ny);
+        let mut labels = Vec::with_capacity(nx * ny);
+        for x in 0..nx {
+            for y in 0..ny {
+                hu.push(image[[x, y, z]].round().clamp(-32768.0, 32767.0) as i16);
+                let label = mask[[x, y, z]].round();
+                if !(0.0..=3.0).contains(&label) {
+                    return Err(DataError::Nifti {
+                        path: mask_path.to_path_buf(),
+                        why: format!("label {label} at x={x} y={y} z={z} is outside 0..=3"),
+                    });
+                }
+                labels.push(u8::from(target.is_lesion(label as u8)));
+            }
+        }
+        let slice = GraySlice::from_hu(ny as u32, nx as u32, &hu, window).map_err(|e| {
+            DataError::Nifti { path: image_path.to_path_buf(), why: e.to_string() }
+        })?;
+        out.push(LabelledSlice { id: format!("z{z}"), image: slice, mask: labels });
+    }
+    Ok(out)
+}
+
+/// sha256 over the ids, pixels and masks of a set, in order: names the data a model saw.
+pub fn fingerprint(slices: &[LabelledSlice]) -> String {
+    let mut h = Sha256::new();
+    for s in slices {
+        h.update(s.id.as_bytes());
+        h.update(s.image.width.to_le_bytes());
+        h.update(s.image.height.to_le_bytes());
+        h.update(&s.image.pixels);
+        h.update(&s.mask);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// A seeded split of slice ids into training and validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// Shuffle seed.
+    pub seed: u64,
+    /// Number of folds.
+    pub folds: usize,
+    /// The validation fold, `0..folds`.
+    pub fold: usize,
+    /// Ids used for training.
+    pub train: Vec<String>,
+    /// Ids held out for validation.
+    pub validation: Vec<String>,
+}
+
+impl Split {
+    /// Shuffles the ids with `seed` and holds out fold `fold` of `folds` for validation.
+    ///
+    /// # Panics
+    /// When `fold >= folds` or `folds < 2`, naming both.
+    pub fn k_fold(ids: &[String], seed: u64, folds: usize, fold: usize) -> Self {
+        assert!(folds >= 2 && fold < folds, "fold {fold} of {folds} folds: need 0 <= fold < folds, folds >= 2");
+        let mut order: Vec<String> = ids.to_vec();
+        order.sort();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let (mut train, mut validation) = (Vec::new(), Vec::new());
+        for (i, id) in order.into_iter().enumerate() {
+            if i % folds == fold { validation.push(id) } else { train.push(id) }
+        }
+        Self { seed, folds, fold, train, validation }
+    }
+}
+
+/// One training example at model size: the normalised input plane and the 0/1 target.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// `side²` normalised values.
+    pub plane: Vec<f32>,
+    /// `side²` targets, 0 or 1.
+    pub target: Vec<f32>,
+}
+
+/// Geometric and intensity augmentation for axial CT.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Augment {
+    /// Largest rotation, degrees.
+    pub max_rotation_deg: f32,
+    /// Largest relative scale change (0.1 = 90 % to 110 %).
+    pub max_scale: f32,
+    /// Largest gamma change (0.4 = gamma in 1/1.4 .. 1.4).
+    pub max_gamma: f32,
+    /// Largest contrast change before normalisation, relative.
+    pub max_contrast: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self { max_rotation_deg: 12.0, max_scale: 0.12, max_gamma: 0.5, max_contrast: 0.2 }
+    }
+}
+
+/// Resizes a slice and its mask to the model side without augmentation.
+pub fn example(slice: &LabelledSlice, side: u32) -> Example {
+    let plane = preprocess::model_input(&slice.image, side);
+    Example { plane, target: resize_mask(slice, side) }
+}
+
+fn resize_mask(slice: &LabelledSlice, side: u32) -> Vec<f32> {
+    let m: Vec<f32> = slice.mask.iter().map(|&v| f32::from(v)).collect();
+    preprocess::resize_map(&m, (slice.image.width, slice.image.height), (side, side))
+        .into_iter()
+        .map(|v| if v >= 0.5 { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// An augmented example: flips, rotation and scaling about the centre, and an intensity change
+/// (gamma and contrast) of the grey values before the shared normalisation.
+pub fn augmented_example(slice: &LabelledSlice, side: u32, aug: &Augment, rng: &mut StdRng) -> Example {
+    let grey: Vec<f32> = slice.image.pixels.iter().map(|&p| f32::from(p)).collect();
+    let grey = preprocess::resize_map(&grey, (slice.image.width, slice.image.height), (side, side));
+    let target = resize_mask(slice, side);
+
+    let angle = rng.random_range(-aug.max_rotation_deg..=aug.max_rotation_deg).to_radians();
+    let scale = 1.0 + rng.random_range(-aug.max_scale..=aug.max_scale);
+    let (flip_x, flip_y) = (rng.random_bool(0.5), rng.random_bool(0.5));
+    let gamma = (1.0 + aug.max_gamma).powf(rng.random_range(-1.0f32..=1.0));
+    let contrast = 1.0 + rng.random_range(-aug.max_contrast..=aug.max_contrast);
+
+    let n = side as usize;
+    let c = (n as f32 - 1.0) / 2.0;
+    let (sin, cos) = angle.sin_cos();
+    let mut plane = vec![0f32; n * n];
+    let mut mask = vec![0f32; n * n];
+    let background = grey.iter().copied().fold(f32::MAX, f32::min);
+    for y in 0..n {
+        for x in 0..n {
+            // Output pixel -> source pixel: inverse rotation and scale about the centre.
+            let (dx, dy) = ((x as f32 - c) / scale, (y as f32 - c) / scale);
+            let mut sx = cos * dx + sin * dy + c;
+            let mut sy = -sin * dx + cos * dy + c;
+            if flip_x {
+                sx = n as f32 - 1.0 - sx;
+            }
+            if flip_y {
+                sy = n as f32 - 1.0 - sy;
+            }
+            let i = y * n + x;
+            plane[i] = bilinear(&grey, n, sx, sy).unwrap_or(background);
+            let (mx, my) = (sx.round(), sy.round());
+            if mx >= 0.0 && my >= 0.0 && (mx as usize) < n && (my as usize) < n {
+                mask[i] = target[my as usize * n + mx as usize];
+            }
+        }
+    }
+    for v in &mut plane {
+        let unit = (*v / 255.0).clamp(0.0, 1.0).powf(gamma);
+        *v = ((unit - 0.5) * contrast + 0.5) * 255.0;
+    }
+    preprocess::normalise(&mut plane);
+    Example { plane, target: mask }
+}
+
+fn bilinear(img: &[f32], n: usize, x: f32, y: f32) -> Option<f32> {
+    if x < 0.0 || y < 0.0 || x > (n - 1) as f32 || y > (n - 1) as f32 {
+        return None;
+    }
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(n - 1), (y0 + 1).min(n - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let top = img[y0 * n + x0] * (1.0 - fx) + img[y0 * n + x1] * fx;
+    let bottom = img[y1 * n + x0] * (1.0 - fx) + img[y1 * n + x1] * fx;
+    Some(top * (1.0 - fy) + bottom * fy)
+}
+
+/// Random number generator for one epoch, derived from the run seed.
+pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splits are deterministic, disjoint and cover every id.
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let ids: Vec<String> = (0..23).map(|i| i.to_string()).collect();
+        let a = Split::k_fold(&ids, 7, 5, 2);
+        assert_eq!(a, Split::k_fold(&ids, 7, 5, 2));
+        assert_ne!(a.validation, Split::k_fold(&ids, 8, 5, 2).validation);
+        let mut all: Vec<String> = a.train.iter().chain(&a.validation).cloned().collect();
+        all.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(all, expected);
+        let mut seen = Vec::new();
+        for fold in 0..5 {
+            seen.extend(Split::k_fold(&ids, 7, 5, fold).validation);
+        }
+        seen.sort();
+        assert_eq!(seen, expected, "each id is validated in exactly one fold");
+    }
+
+    /// Augmentation keeps the mask aligned: with no rotation, scale or flip the mask is unchanged.
+    #[test]
+    fn augmentation_without_geometry_keeps_mask() {
+        let pixels: Vec<u8> = (0..32 * 32).map(|i| (i % 251) as u8).collect();
+        let mask: Vec<u8> = (0..32 * 32).map(|i| u8::from((i / 32) < 10 && (i % 32) < 5)).collect();
+        let s = LabelledSlice { id: "t".into(), image: GraySlice::new(32, 32, pixels).unwrap(), mask };
+        let aug = Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..8 {
+            let e = augmented_example(&s, 32, &aug, &mut rng);
+            let lesion = e.target.iter().filter(|&&v| v > 0.5).count();
+            assert_eq!(lesion, 50, "flips keep the lesion area");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Writes a folded U-Net as an ONNX model (opset 13) with the protobuf types tract-onnx exposes,
+//! so the device's own reader is the first judge of the file.
+
+use prost::Message;
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use super::folded::{FoldedBlock, FoldedConv, FoldedUNet};
+
+/// ONNX operator set the graph is written against.
+pub const OPSET: i64 = 13;
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+}
+
+fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    let dim = shape
+        .iter()
+        .map(|&d| tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Accumulates nodes and initializers with readable dotted names.
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl Graph {
+    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let out = format!("{name}.out");
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    fn weights(&mut self, name: &str, c: &FoldedConv, bias_len: usize) -> (String, String) {
+        let (w, b) = (format!("{name}.weight"), format!("{name}.bias"));
+        self.initializers.push(tensor_f32(&w, &c.dims, &c.weight));
+        self.initializers.push(tensor_f32(&b, &[bias_len], &c.bias));
+        (w, b)
+    }
+
+    fn conv(&mut self, name: &str, x: &str, c: &FoldedConv, relu: bool) -> String {
+        let (w, b) = self.weights(name, c, c.dims[0]);
+        let pad = (c.dims[2] / 2) as i64;
+        let attrs = vec![
+            ints("kernel_shape", &[c.dims[2] as i64, c.dims[3] as i64]),
+            ints("pads", &[pad, pad, pad, pad]),
+            ints("strides", &[1, 1]),
+        ];
+        let y = self.node("Conv", name, &[x, &w, &b], attrs);
+        if relu {
+            self.node("Relu", &format!("{name}.relu"), &[&y], vec![])
+        } else {
+            y
+        }
+    }
+
+    fn block(&mut self, name: &str, x: &str, b: &FoldedBlock) -> String {
+        let y = self.conv(&format!("{name}.conv1"), x, &b.0, true);
+        self.conv(&format!("{name}.conv2"), &y, &b.1, true)
+    }
+}
+
+/// Builds the ONNX model: input `slice` (1 x 1 x side x side, normalised), output `probability`
+/// (same shape, sigmoid of the logits), with `metadata` as `metadata_props`.
+pub fn unet_to_onnx(net: &FoldedUNet, metadata: &[(String, String)]) -> ModelProto {
+    let side = net.config.input_size as usize;
+    let mut g = Graph::default();
+    let mut x = "slice".to_string();
+    let mut skips = Vec::new();
+    for (level, b) in net.down.iter().enumerate() {
+        let y = g.block(&format!("down{level}"), &x, b);
+        x = g.node(
+            "MaxPool",
+            &format!("down{level}.pool"),
+            &[&y],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        );
+        skips.push(y);
+    }
+    x = g.block("bottom", &x, &net.bottom);
+    for (k, (up, b)) in net.up.iter().enumerate() {
+        let level = net.up.len() - 1 - k;
+        let name = format!("up{level}");
+        let (w, bias) = g.weights(&format!("{name}.upsample"), up, up.dims[1]);
+        let u = g.node(
+            "ConvTranspose",
+            &format!("{name}.upsample"),
+            &[&x, &w, &bias],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        );
+        let skip = skips.pop().expect("one skip per level");
+        let cat = g.node("Concat", &format!("{name}.concat"), &[&u, &skip], vec![int("axis", 1)]);
+        x = g.block(&name, &cat, b);
+    }
+    let logits = g.conv("head", &x, &net.head, false);
+    let prob = g.node("Sigmoid", "probability", &[&logits], vec![]);
+    // Name the graph output plainly.
+    if let Some(last) = g.nodes.last_mut() {
+        last.output = vec!["probability".into()];
+    }
+    let _ = prob;
+    let graph = GraphProto {
+        name: "tvunet".into(),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![value_info("slice", &[1, 1, side, side])],
+        output: vec![value_info("probability", &[1, 1, side, side])],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 7,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        producer_name: "tvunet".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto { key: k.clone(), value: v.clone() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Serialises a model to bytes.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}

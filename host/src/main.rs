@@ -1,0 +1,176 @@
+//! `tvunet`: train the TV-UNet on labelled CT slices, export it for the device, evaluate it and
+//! talk to a device.
+//!
+//! Exit codes: 0 success, 1 any error (the message names the file or value at fault).
+
+mod data;
+mod export;
+mod metrics;
+mod model;
+mod plot;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use data::{LabelledSlice, Target};
+
+#[derive(Parser)]
+#[command(name = "tvunet", version, about = "TV-UNet lesion segmentation toolchain for chest CT")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a TV-UNet on a labelled folder (images/, masks_*/) or a MedSeg NIfTI pair.
+    Train(TrainArgs),
+    /// Export a trained run to ONNX, checked against tract on real slices.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Labelled folder: images/<id>.jpg|png with masks_multiclass/ or masks_binary/, or a folder
+    /// holding MedSeg's tr_im.nii.gz and tr_mask.nii.gz.
+    #[arg(long)]
+    data: PathBuf,
+    /// What the mask marks.
+    #[arg(long, value_enum, default_value_t = Target::Infection)]
+    target: Target,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Run folder for checkpoints, logs and the split.
+    #[arg(long)]
+    out: PathBuf,
+    /// Largest number of epochs.
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Slices per step.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Weight of the total-variation term.
+    #[arg(long, default_value_t = 0.2)]
+    lambda_tv: f32,
+    /// Seed for initialisation, split, order and augmentation.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Validation fold, 0-based.
+    #[arg(long, default_value_t = 0)]
+    fold: usize,
+    /// Down-sampling levels of the U-Net.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// Channels of the first level.
+    #[arg(long, default_value_t = 16)]
+    base: usize,
+    /// Side of the square model input, pixels.
+    #[arg(long, default_value_t = 256)]
+    input_size: u32,
+    /// Stop after the epoch that passes this many minutes (0 = no limit).
+    #[arg(long, default_value_t = 0.0)]
+    max_minutes: f64,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Run folder written by `tvunet train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// ONNX file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Labelled slices for the parity check (default: the bundled fixture slices).
+    #[arg(long, default_value = "tests/fixtures/medseg")]
+    data: PathBuf,
+    /// Default threshold to write (default: the one the run chose on validation).
+    #[arg(long)]
+    threshold: Option<f32>,
+}
+
+/// Reads a labelled folder or a NIfTI pair.
+fn read_labelled(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>> {
+    let (im, mask) = (dir.join("tr_im.nii.gz"), dir.join("tr_mask.nii.gz"));
+    let slices = if im.is_file() {
+        data::read_nifti_pair(&im, &mask, target)?
+    } else {
+        data::read_folder(dir, target)?
+    };
+    tracing::info!(slices = slices.len(), "read labelled slices from {}", dir.display());
+    Ok(slices)
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let slices = read_labelled(&a.data.data, a.data.target)?;
+    let cfg = train::TrainConfig {
+        unet: model::UNetConfig { depth: a.depth, base: a.base, input_size: a.input_size },
+        target: a.data.target,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        learning_rate: a.lr,
+        lambda_tv: a.lambda_tv,
+        seed: a.seed,
+        folds: a.folds,
+        fold: a.fold,
+        plateau_patience: 5,
+        early_stop_patience: 10,
+        augment: data::Augment::default(),
+        max_minutes: a.max_minutes,
+        data_fingerprint: data::fingerprint(&slices),
+    };
+    train::train(&slices, &cfg, &a.out, a.resume)?;
+    Ok(())
+}
+
+fn run_export(a: ExportArgs) -> Result<()> {
+    let cfg = train::RunDir(a.checkpoint.clone()).read_config()?;
+    let slices = read_labelled(&a.data, cfg.target)
+        .with_context(|| format!("reading parity slices from {}", a.data.display()))?;
+    let s = export::export(&a.checkpoint, &a.out, a.threshold, &slices)?;
+    println!(
+        "wrote {} ({} bytes, sha256 {}), threshold {}; parity with tract on {} slices: \
+         max |diff| {:.2e}",
+        a.out.display(),
+        s.file_bytes,
+        &s.sha256[..16],
+        s.threshold,
+        s.parity_slices,
+        s.max_abs_diff
+    );
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => run_train(a),
+        Command::Export(a) => run_export(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

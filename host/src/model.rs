@@ -1,0 +1,138 @@
+//! The compact U-Net: conv-BN-ReLU blocks, max-pool down, transposed-conv up, skip concatenation,
+//! one output channel (logits; the sigmoid is applied by the loss and by the exported graph).
+
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Shape of the network, stored beside every checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UNetConfig {
+    /// Number of 2x down-samplings.
+    pub depth: usize,
+    /// Channels of the first block; each level doubles them.
+    pub base: usize,
+    /// Side of the square input, pixels; a multiple of `2^depth`.
+    pub input_size: u32,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        Self { depth: 4, base: 16, input_size: 256 }
+    }
+}
+
+/// Two 3x3 convolutions, each followed by batch norm and ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    relu: Relu,
+}
+
+impl ConvBlock {
+    fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+        let conv = |ci, co| {
+            Conv2dConfig::new([ci, co], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+        };
+        Self {
+            conv1: conv(c_in, c_out),
+            bn1: BatchNormConfig::new(c_out).init(device),
+            conv2: conv(c_out, c_out),
+            bn2: BatchNormConfig::new(c_out).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        self.relu.forward(self.bn2.forward(self.conv2.forward(x)))
+    }
+}
+
+/// One decoder level: 2x2 transposed convolution up, concatenation with the skip, conv block.
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    pub up: ConvTranspose2d,
+    pub block: ConvBlock,
+}
+
+/// The U-Net.
+#[derive(Module, Debug)]
+pub struct UNet {
+    pub down: Vec<ConvBlock>,
+    pub bottom: ConvBlock,
+    pub up: Vec<UpBlock>,
+    pub head: Conv2d,
+    pool: MaxPool2d,
+}
+
+impl UNetConfig {
+    /// Channels at level `i` (0 = full resolution).
+    pub fn channels(&self, level: usize) -> usize {
+        self.base << level
+    }
+
+    /// Builds a freshly initialised network on `device`.
+    ///
+    /// # Panics
+    /// When `input_size` is not a multiple of `2^depth`, naming both.
+    pub fn init(&self, device: &Device) -> UNet {
+        assert!(
+            self.depth >= 1 && self.input_size % (1 << self.depth) == 0,
+            "input size {} is not a multiple of 2^depth (depth {})",
+            self.input_size,
+            self.depth
+        );
+        let mut down = Vec::new();
+        let mut c_in = 1;
+        for level in 0..self.depth {
+            down.push(ConvBlock::new(c_in, self.channels(level), device));
+            c_in = self.channels(level);
+        }
+        let bottom = ConvBlock::new(c_in, self.channels(self.depth), device);
+        let up = (0..self.depth)
+            .rev()
+            .map(|level| {
+                let c = self.channels(level);
+                UpBlock {
+                    up: ConvTranspose2dConfig::new([2 * c, c], [2, 2]).with_stride([2, 2]).init(device),
+                    block: ConvBlock::new(2 * c, c, device),
+                }
+            })
+            .collect();
+        UNet {
+            down,
+            bottom,
+            up,
+            head: Conv2dConfig::new([self.base, 1], [1, 1]).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+        }
+    }
+}
+
+impl UNet {
+    /// Lesion logits.
+    ///
+    /// # Shapes
+    /// `x`: batch x 1 x side x side normalised planes; returns batch x 1 x side x side logits.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut skips = Vec::with_capacity(self.down.len());
+        let mut x = x;
+        for block in &self.down {
+            let y = block.forward(x);
+            x = self.pool.forward(y.clone());
+            skips.push(y);
+        }
+        x = self.bottom.forward(x);
+        for up in &self.up {
+            let skip = skips.pop().expect("one skip per level");
+            x = up.block.forward(Tensor::cat(vec![up.up.forward(x), skip], 1));
+        }
+        self.head.forward(x)
+    }
+}

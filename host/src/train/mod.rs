@@ -1,0 +1,419 @@
+//! Training: the TV-UNet recipe (Adam, reduce-on-plateau, early stopping) with checkpoints, a
+//! per-epoch CSV and a validation-chosen threshold.
+
+pub mod loss;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::TensorData;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, Augment, Example, LabelledSlice, Split, Target};
+use crate::metrics::Counts;
+use crate::model::{UNet, UNetConfig};
+
+/// Everything that defines a training run; written to `config.json` in the run folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Network shape.
+    pub unet: UNetConfig,
+    /// What the mask marks.
+    pub target: Target,
+    /// Largest number of epochs.
+    pub epochs: usize,
+    /// Slices per step.
+    pub batch_size: usize,
+    /// Adam's initial learning rate.
+    pub learning_rate: f64,
+    /// Weight of the TV term.
+    pub lambda_tv: f32,
+    /// Seed for initialisation, splits, shuffling and augmentation.
+    pub seed: u64,
+    /// Cross-validation folds.
+    pub folds: usize,
+    /// Validation fold.
+    pub fold: usize,
+    /// Epochs without validation-loss improvement before the learning rate is halved.
+    pub plateau_patience: usize,
+    /// Epochs without validation-loss improvement before training stops.
+    pub early_stop_patience: usize,
+    /// Augmentation ranges.
+    pub augment: Augment,
+    /// Largest training time, minutes; 0 = none. Training stops after the epoch that passes it.
+    pub max_minutes: f64,
+    /// sha256 of the training slices and masks (see [`data::fingerprint`]).
+    pub data_fingerprint: String,
+}
+
+/// Progress of a run, written after every epoch so that `--resume` can continue it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Current learning rate.
+    pub learning_rate: f64,
+    /// Best validation loss so far.
+    pub best_val_loss: f64,
+    /// Epoch (1-based) of the best validation loss.
+    pub best_epoch: usize,
+    /// Epochs since the last improvement.
+    pub epochs_without_gain: usize,
+    /// Epochs since the last improvement or learning-rate cut.
+    pub epochs_since_cut: usize,
+    /// Training wall time so far, s.
+    pub wall_s: f64,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+/// Validation figures of one epoch at threshold 0.5.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub learning_rate: f64,
+    pub train_loss: f64,
+    pub train_bce: f64,
+    pub train_tv: f64,
+    pub val_loss: f64,
+    pub val_precision: f64,
+    pub val_recall: f64,
+    pub val_dice: f64,
+    pub seconds: f64,
+}
+
+/// Files of a run folder.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    pub fn split(&self) -> PathBuf {
+        self.0.join("split.json")
+    }
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best.bpk")
+    }
+    pub fn last(&self) -> PathBuf {
+        self.0.join("last.bpk")
+    }
+    pub fn epochs_csv(&self) -> PathBuf {
+        self.0.join("epochs.csv")
+    }
+    pub fn threshold(&self) -> PathBuf {
+        self.0.join("threshold.json")
+    }
+
+    /// Reads the run's configuration.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        read_json(&self.config())
+    }
+
+    /// Loads the best (or last) checkpoint onto `device`.
+    pub fn load_model(&self, which_best: bool, device: &Device) -> Result<(TrainConfig, UNet)> {
+        let cfg = self.read_config()?;
+        let path = if which_best { self.best() } else { self.last() };
+        let model = cfg
+            .unet
+            .init(device)
+            .try_load_file(&path)
+            .map_err(|e| anyhow::anyhow!("checkpoint {}: {e:?}", path.display()))?;
+        Ok((cfg, model))
+    }
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Stacks examples into an input batch and a target batch.
+///
+/// # Shapes
+/// Both are n x 1 x side x side.
+fn batch(examples: &[Example], side: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let n = examples.len();
+    let planes: Vec<f32> = examples.iter().flat_map(|e| e.plane.iter().copied()).collect();
+    let targets: Vec<f32> = examples.iter().flat_map(|e| e.target.iter().copied()).collect();
+    (
+        Tensor::from_data(TensorData::new(planes, [n, 1, side, side]), device),
+        Tensor::from_data(TensorData::new(targets, [n, 1, side, side]), device),
+    )
+}
+
+/// Probability maps of a trained model (evaluation mode), at model size, for prepared planes.
+pub fn predict_planes(model: &UNet, planes: &[Vec<f32>], side: usize) -> Vec<Vec<f32>> {
+    let device = Device::flex();
+    let model = model.valid().to_device(&device);
+    planes
+        .chunks(4)
+        .flat_map(|chunk| {
+            let n = chunk.len();
+            let flat: Vec<f32> = chunk.iter().flat_map(|p| p.iter().copied()).collect();
+            let x = Tensor::from_data(TensorData::new(flat, [n, 1, side, side]), &device);
+            let p: Vec<f32> = sigmoid(model.forward(x)).into_data().try_to_vec().expect("f32 output");
+            p.chunks(side * side).map(<[f32]>::to_vec).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+struct Validation {
+    loss: f64,
+    counts: Counts,
+}
+
+fn validate(model: &UNet, val: &[Example], side: usize, lambda: f32) -> Validation {
+    let device = Device::flex();
+    let model = model.valid().to_device(&device);
+    let (mut loss, mut counts) = (0.0, Counts::default());
+    for chunk in val.chunks(4) {
+        let (x, y) = batch(chunk, side, &device);
+        let logits = model.forward(x);
+        let parts = loss::tv_unet_loss(logits.clone(), y, lambda);
+        loss += f64::from(parts.total.into_scalar::<f32>()) * chunk.len() as f64;
+        let p: Vec<f32> = sigmoid(logits).into_data().try_to_vec().expect("f32 output");
+        for (probs, e) in p.chunks(side * side).zip(chunk) {
+            let truth: Vec<u8> = e.target.iter().map(|&t| u8::from(t > 0.5)).collect();
+            counts = counts.merge(Counts::from_probability(probs, &truth, 0.5));
+        }
+    }
+    Validation { loss: loss / val.len().max(1) as f64, counts }
+}
+
+/// Draws `loss.png` (training and validation loss) and `validation.png` (precision, recall
+/// and Dice at 0.5) from the run's `epochs.csv`.
+pub fn plot_epochs(run: &RunDir) -> Result<()> {
+    let text = std::fs::read_to_string(run.epochs_csv())?;
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap_or(f64::NAN)).collect())
+        .collect();
+    let col = |k: usize| -> Vec<(f64, f64)> { rows.iter().map(|r| (r[0], r[k])).collect() };
+    crate::plot::line_chart(
+        &run.0.join("loss.png"),
+        "loss per epoch (BCE + lambda TV)",
+        "epoch",
+        "loss",
+        &[("train", col(2)), ("validation", col(5)), ("train TV term", col(4))],
+    )?;
+    crate::plot::line_chart(
+        &run.0.join("validation.png"),
+        "validation at threshold 0.5",
+        "epoch",
+        "",
+        &[("precision", col(6)), ("recall", col(7)), ("dice", col(8))],
+    )
+}
+
+/// Chooses the threshold (0.1 to 0.9 in steps of 0.05) with the best pooled Dice on the
+/// validation slices.
+pub fn choose_threshold(probs: &[Vec<f32>], truths: &[Vec<u8>]) -> (f32, f64) {
+    let mut best = (0.5, -1.0);
+    for k in 2..=18 {
+        let t = k as f32 * 0.05;
+        let c = probs
+            .iter()
+            .zip(truths)
+            .fold(Counts::default(), |acc, (p, y)| acc.merge(Counts::from_probability(p, y, t)));
+        if c.dice() > best.1 + 1e-9 {
+            best = (t, c.dice());
+        }
+    }
+    best
+}
+
+/// Trains on the training part of `split`, validating on the rest, writing checkpoints and logs
+/// into `dir`. With `resume`, continues from `dir`'s last checkpoint and state.
+pub fn train(slices: &[LabelledSlice], cfg: &TrainConfig, dir: &Path, resume: bool) -> Result<RunState> {
+    let run = RunDir(dir.to_path_buf());
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ids: Vec<String> = slices.iter().map(|s| s.id.clone()).collect();
+    let split = Split::k_fold(&ids, cfg.seed, cfg.folds, cfg.fold);
+    let pick = |names: &[String]| -> Vec<&LabelledSlice> {
+        slices.iter().filter(|s| names.contains(&s.id)).collect()
+    };
+    let (train_set, val_set) = (pick(&split.train), pick(&split.validation));
+    if train_set.is_empty() || val_set.is_empty() {
+        bail!("split of {} slices into {} folds leaves an empty part", slices.len(), cfg.folds);
+    }
+    let side = cfg.unet.input_size as usize;
+    let val: Vec<Example> = val_set.iter().map(|s| data::example(s, cfg.unet.input_size)).collect();
+
+    let device = Device::flex().autodiff();
+    device.seed(cfg.seed);
+    let (mut model, mut state) = if resume {
+        let state: RunState = read_json(&run.state())?;
+        let saved: TrainConfig = run.read_config()?;
+        if saved.unet != cfg.unet || saved.seed != cfg.seed || saved.fold != cfg.fold {
+            bail!("--resume: {} was trained with another network, seed or fold", dir.display());
+        }
+        let (_, model) = run.load_model(false, &device)?;
+        tracing::info!(epochs_done = state.epochs_done, "resuming from {}", run.last().display());
+        (model, state)
+    } else {
+        write_json(&run.config(), cfg)?;
+        write_json(&run.split(), &split)?;
+        std::fs::write(
+            run.epochs_csv(),
+            "epoch,learning_rate,train_loss,train_bce,train_tv,val_loss,val_precision,val_recall,val_dice,seconds\n",
+        )?;
+        let state = RunState {
+            epochs_done: 0,
+            learning_rate: cfg.learning_rate,
+            best_val_loss: f64::INFINITY,
+            best_epoch: 0,
+            epochs_without_gain: 0,
+            epochs_since_cut: 0,
+            wall_s: 0.0,
+            stopped_early: false,
+        };
+        (cfg.unet.init(&device), state)
+    };
+    // PyTorch's epsilon; burn's default of 1e-5 damps the early steps.
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    tracing::info!(
+        train = train_set.len(),
+        validation = val_set.len(),
+        params = model.num_params(),
+        "training"
+    );
+
+    let steps = train_set.len().div_ceil(cfg.batch_size);
+    for epoch in state.epochs_done + 1..=cfg.epochs {
+        let started = Instant::now();
+        let mut rng = data::epoch_rng(cfg.seed, epoch);
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        order.shuffle(&mut rng);
+        let bar = ProgressBar::new(steps as u64).with_style(
+            ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} steps, eta {eta}")
+                .expect("valid template"),
+        );
+        bar.set_message(format!("{epoch}/{}", cfg.epochs));
+        let (mut sum_loss, mut sum_bce, mut sum_tv, mut seen) = (0.0, 0.0, 0.0, 0usize);
+        for chunk in order.chunks(cfg.batch_size) {
+            let examples: Vec<Example> = chunk
+                .iter()
+                .map(|&i| data::augmented_example(train_set[i], cfg.unet.input_size, &cfg.augment, &mut rng))
+                .collect();
+            let (x, y) = batch(&examples, side, &device);
+            let parts = loss::tv_unet_loss(model.forward(x), y, cfg.lambda_tv);
+            let n = chunk.len() as f64;
+            sum_bce += f64::from(parts.bce.into_scalar::<f32>()) * n;
+            sum_tv += f64::from(parts.tv.into_scalar::<f32>()) * n;
+            sum_loss += f64::from(parts.total.clone().into_scalar::<f32>()) * n;
+            seen += chunk.len();
+            let grads = GradientsParams::from_grads(parts.total.backward(), &model);
+            model = optim.step(state.learning_rate, model, grads);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+
+        let v = validate(&model, &val, side, cfg.lambda_tv);
+        let seconds = started.elapsed().as_secs_f64();
+        state.wall_s += seconds;
+        state.epochs_done = epoch;
+        let row = EpochRow {
+            epoch,
+            learning_rate: state.learning_rate,
+            train_loss: sum_loss / seen as f64,
+            train_bce: sum_bce / seen as f64,
+            train_tv: sum_tv / seen as f64,
+            val_loss: v.loss,
+            val_precision: v.counts.precision(),
+            val_recall: v.counts.recall(),
+            val_dice: v.counts.dice(),
+            seconds,
+        };
+        let mut csv = std::fs::OpenOptions::new().append(true).open(run.epochs_csv())?;
+        writeln!(
+            csv,
+            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1}",
+            row.epoch,
+            row.learning_rate,
+            row.train_loss,
+            row.train_bce,
+            row.train_tv,
+            row.val_loss,
+            row.val_precision,
+            row.val_recall,
+            row.val_dice,
+            row.seconds
+        )?;
+        println!(
+            "epoch {:>3}  loss {:.4} (bce {:.4}, tv {:.4})  val loss {:.4}  dice {:.3}  \
+             precision {:.3}  recall {:.3}  {:.0}s",
+            epoch,
+            row.train_loss,
+            row.train_bce,
+            row.train_tv,
+            row.val_loss,
+            row.val_dice,
+            row.val_precision,
+            row.val_recall,
+            seconds
+        );
+
+        plot_epochs(&run)?;
+        model.clone().save_file(run.last()).map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
+        if v.loss < state.best_val_loss {
+            state.best_val_loss = v.loss;
+            state.best_epoch = epoch;
+            state.epochs_without_gain = 0;
+            state.epochs_since_cut = 0;
+            model.clone().save_file(run.best()).map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
+            tracing::info!(epoch, val_loss = v.loss, "new best checkpoint {}", run.best().display());
+        } else {
+            state.epochs_without_gain += 1;
+            state.epochs_since_cut += 1;
+            if state.epochs_since_cut >= cfg.plateau_patience {
+                state.learning_rate *= 0.5;
+                state.epochs_since_cut = 0;
+                tracing::info!(epoch, lr = state.learning_rate, "validation loss on a plateau: halving lr");
+            }
+        }
+        let out_of_time = cfg.max_minutes > 0.0 && state.wall_s > cfg.max_minutes * 60.0;
+        if state.epochs_without_gain >= cfg.early_stop_patience {
+            state.stopped_early = true;
+            tracing::info!(epoch, best_epoch = state.best_epoch, "early stop");
+        }
+        write_json(&run.state(), &state)?;
+        if state.stopped_early || out_of_time {
+            break;
+        }
+    }
+
+    // The default threshold is chosen on validation slices only.
+    let (_, best) = run.load_model(true, &Device::flex())?;
+    let planes: Vec<Vec<f32>> = val.iter().map(|e| e.plane.clone()).collect();
+    let truths: Vec<Vec<u8>> =
+        val.iter().map(|e| e.target.iter().map(|&t| u8::from(t > 0.5)).collect()).collect();
+    let probs = predict_planes(&best, &planes, side);
+    let (threshold, dice) = choose_threshold(&probs, &truths);
+    write_json(&run.threshold(), &serde_json::json!({ "threshold": threshold, "validation_dice": dice }))?;
+    println!(
+        "best epoch {} (val loss {:.4}); threshold {threshold:.2} gives validation dice {dice:.3}; \
+         {:.1} min",
+        state.best_epoch,
+        state.best_val_loss,
+        state.wall_s / 60.0
+    );
+    Ok(state)
+}

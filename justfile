@@ -1,0 +1,38 @@
+# Everyday recipes. `just --list` shows them.
+
+model := "models/tvunet-medseg.onnx"
+data := "../shared/data/medseg/infnet_medseg100"
+
+# Stream the bundled real slices to a device on loopback TCP and a pseudo-terminal.
+demo:
+    cargo run -p tvunet -- demo
+
+# The test suite, as CI runs it.
+test:
+    cargo test --workspace
+
+# Train the shipped recipe on the labelled slices.
+train out="runs/medseg" *args="":
+    cargo run -p tvunet -- train --data {{data}} --out {{out}} {{args}}
+
+# Export a run to ONNX (parity-checked against tract).
+export run="runs/medseg" out=model:
+    cargo run -p tvunet -- export --checkpoint {{run}} --out {{out}}
+
+# Evaluate a model file through the device's inference code.
+eval m=model dir=data out="out/eval":
+    cargo run -p tvunet -- eval --model {{m}} --data {{dir}} --out {{out}}
+
+# Serve the model on loopback TCP.
+serve m=model addr="127.0.0.1:7878":
+    cargo run -p tvunet-device --bin tvunet-edge -- serve --model {{m}} --tcp {{addr}}
+
+# Check that the device builds for aarch64 Linux.
+cross:
+    rustup target add aarch64-unknown-linux-gnu
+    cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
+
+# Formatting and lints as CI wants them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
