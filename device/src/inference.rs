@@ -76,7 +76,8 @@ impl ModelMeta {
             why,
         };
         let size = get(keys::INPUT_SIZE)?;
-        let input_size: u32 = size.parse().map_err(|_| bad(keys::INPUT_SIZE, size, "not an integer"))?;
+        let input_size: u32 =
+            size.parse().map_err(|_| bad(keys::INPUT_SIZE, size, "not an integer"))?;
         if !(16..=2048).contains(&input_size) || input_size % 16 != 0 {
             return Err(bad(keys::INPUT_SIZE, size, "must be a multiple of 16 in 16..=2048"));
         }
@@ -167,8 +168,7 @@ impl Segmenter {
         let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| ModelError::Parse(format!("{e:#}")))?;
-        let props =
-            proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        let props = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
         let meta = ModelMeta::from_props(props)?;
         let side = meta.input_size as usize;
         let plan = onnx
@@ -209,8 +209,10 @@ impl Segmenter {
         let side = self.meta.input_size as usize;
         let input = Tensor::from_shape(&[1, 1, side, side], plane)
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let out = self.plan.run(tvec!(input.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let view = out[0].to_plain_array_view::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let out =
+            self.plan.run(tvec!(input.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let view =
+            out[0].to_plain_array_view::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
         Ok(view.iter().copied().collect())
     }
 

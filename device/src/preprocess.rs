@@ -106,7 +106,9 @@ impl GraySlice {
         let low = window.center_hu - window.width_hu / 2.0;
         let pixels = hu
             .iter()
-            .map(|&v| ((f32::from(v) - low) / window.width_hu * 255.0).round().clamp(0.0, 255.0) as u8)
+            .map(|&v| {
+                ((f32::from(v) - low) / window.width_hu * 255.0).round().clamp(0.0, 255.0) as u8
+            })
             .collect();
         Ok(Self { width, height, pixels })
     }

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tvunet_device::preprocess::{self, GraySlice, HuWindow};
@@ -104,7 +104,8 @@ pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, Dat
     let mut out = Vec::with_capacity(paths.len());
     for image_path in paths {
         let stem = image_path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-        let mask_path = if use_multiclass { &multiclass } else { &binary }.join(format!("{stem}.png"));
+        let mask_path =
+            if use_multiclass { &multiclass } else { &binary }.join(format!("{stem}.png"));
         if !mask_path.is_file() {
             return Err(DataError::MissingMask { image: image_path, mask: mask_path });
         }
@@ -221,9 +222,8 @@ pub fn read_nifti_pair(
                 labels.push(u8::from(target.is_lesion(label as u8)));
             }
         }
-        let slice = GraySlice::from_hu(ny as u32, nx as u32, &hu, window).map_err(|e| {
-            DataError::Nifti { path: image_path.to_path_buf(), why: e.to_string() }
-        })?;
+        let slice = GraySlice::from_hu(ny as u32, nx as u32, &hu, window)
+            .map_err(|e| DataError::Nifti { path: image_path.to_path_buf(), why: e.to_string() })?;
         out.push(LabelledSlice { id: format!("z{z}"), image: slice, mask: labels });
     }
     Ok(out)
@@ -263,13 +263,20 @@ impl Split {
     /// # Panics
     /// When `fold >= folds` or `folds < 2`, naming both.
     pub fn k_fold(ids: &[String], seed: u64, folds: usize, fold: usize) -> Self {
-        assert!(folds >= 2 && fold < folds, "fold {fold} of {folds} folds: need 0 <= fold < folds, folds >= 2");
+        assert!(
+            folds >= 2 && fold < folds,
+            "fold {fold} of {folds} folds: need 0 <= fold < folds, folds >= 2"
+        );
         let mut order: Vec<String> = ids.to_vec();
         order.sort();
         order.shuffle(&mut StdRng::seed_from_u64(seed));
         let (mut train, mut validation) = (Vec::new(), Vec::new());
         for (i, id) in order.into_iter().enumerate() {
-            if i % folds == fold { validation.push(id) } else { train.push(id) }
+            if i % folds == fold {
+                validation.push(id)
+            } else {
+                train.push(id)
+            }
         }
         Self { seed, folds, fold, train, validation }
     }
@@ -319,7 +326,12 @@ fn resize_mask(slice: &LabelledSlice, side: u32) -> Vec<f32> {
 
 /// An augmented example: flips, rotation and scaling about the centre, and an intensity change
 /// (gamma and contrast) of the grey values before the shared normalisation.
-pub fn augmented_example(slice: &LabelledSlice, side: u32, aug: &Augment, rng: &mut StdRng) -> Example {
+pub fn augmented_example(
+    slice: &LabelledSlice,
+    side: u32,
+    aug: &Augment,
+    rng: &mut StdRng,
+) -> Example {
     let grey: Vec<f32> = slice.image.pixels.iter().map(|&p| f32::from(p)).collect();
     let grey = preprocess::resize_map(&grey, (slice.image.width, slice.image.height), (side, side));
     let target = resize_mask(slice, side);
@@ -410,8 +422,10 @@ mod tests {
     fn augmentation_without_geometry_keeps_mask() {
         let pixels: Vec<u8> = (0..32 * 32).map(|i| (i % 251) as u8).collect();
         let mask: Vec<u8> = (0..32 * 32).map(|i| u8::from((i / 32) < 10 && (i % 32) < 5)).collect();
-        let s = LabelledSlice { id: "t".into(), image: GraySlice::new(32, 32, pixels).unwrap(), mask };
-        let aug = Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
+        let s =
+            LabelledSlice { id: "t".into(), image: GraySlice::new(32, 32, pixels).unwrap(), mask };
+        let aug =
+            Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..8 {
             let e = augmented_example(&s, 32, &aug, &mut rng);

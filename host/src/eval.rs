@@ -86,8 +86,9 @@ fn bootstrap(per_slice: &[Counts], stat: impl Fn(&[Counts]) -> f64) -> Interval 
     let mut rng = rand::rngs::StdRng::seed_from_u64(2020);
     let mut values: Vec<f64> = (0..1000)
         .map(|_| {
-            let sample: Vec<Counts> =
-                (0..per_slice.len()).map(|_| per_slice[rng.random_range(0..per_slice.len())]).collect();
+            let sample: Vec<Counts> = (0..per_slice.len())
+                .map(|_| per_slice[rng.random_range(0..per_slice.len())])
+                .collect();
             stat(&sample)
         })
         .collect();
@@ -143,13 +144,20 @@ pub fn evaluate(model: &Path, slices: &[LabelledSlice], data: &Path, out: &Path)
         }),
         average_precision,
         sweep,
-        per_slice: slices.iter().zip(&default_counts).map(|(s, c)| (s.id.clone(), c.dice())).collect(),
+        per_slice: slices
+            .iter()
+            .zip(&default_counts)
+            .map(|(s, c)| (s.id.clone(), c.dice()))
+            .collect(),
     };
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     let mut csv = std::fs::File::create(out.join("sweep.csv"))?;
-    writeln!(csv, "threshold,recall,precision,specificity,dice_pooled,dice_mean_per_slice,iou,miou")?;
+    writeln!(
+        csv,
+        "threshold,recall,precision,specificity,dice_pooled,dice_mean_per_slice,iou,miou"
+    )?;
     for r in &report.sweep {
         writeln!(
             csv,

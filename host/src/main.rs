@@ -3,19 +3,13 @@
 //!
 //! Exit codes: 0 success, 1 any error (the message names the file or value at fault).
 
-mod data;
-mod export;
-mod metrics;
-mod model;
-mod plot;
-mod train;
-
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use data::{LabelledSlice, Target};
+use tvunet::data::{self, LabelledSlice, Target};
+use tvunet::{eval, export, model, train};
 
 #[derive(Parser)]
 #[command(name = "tvunet", version, about = "TV-UNet lesion segmentation toolchain for chest CT")]
@@ -30,6 +24,23 @@ enum Command {
     Train(TrainArgs),
     /// Export a trained run to ONNX, checked against tract on real slices.
     Export(ExportArgs),
+    /// Evaluate a model file (fp32 or int8) on a labelled folder with the device's inference code.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// ONNX model file.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Folder for report.json, sweep.csv and pr.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Evaluate only the validation ids of this run's split.json (slices the run never trained on).
+    #[arg(long)]
+    split: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -156,6 +167,35 @@ fn run_export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_eval(a: EvalArgs) -> Result<()> {
+    let mut slices = read_labelled(&a.data.data, a.data.target)?;
+    if let Some(split) = &a.split {
+        let split: data::Split = train::read_json(split)?;
+        slices.retain(|s| split.validation.contains(&s.id));
+    }
+    let r = eval::evaluate(&a.model, &slices, &a.data.data, &a.out)?;
+    let d = &r.at_default;
+    println!(
+        "{} slices, threshold {:.2}: dice pooled {:.3} [{:.3}, {:.3}], mean per slice {:.3} \
+         [{:.3}, {:.3}], precision {:.3}, recall {:.3}, IoU {:.3}, mIoU {:.3}, AP {:.3}",
+        r.slices,
+        r.threshold,
+        d.dice_pooled,
+        r.dice_pooled_ci95.low,
+        r.dice_pooled_ci95.high,
+        d.dice_mean_per_slice,
+        r.dice_mean_per_slice_ci95.low,
+        r.dice_mean_per_slice_ci95.high,
+        d.precision,
+        d.recall,
+        d.iou,
+        d.miou,
+        r.average_precision
+    );
+    println!("wrote {}/report.json, sweep.csv, pr.png", a.out.display());
+    Ok(())
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -168,6 +208,7 @@ fn main() {
     let result = match cli.command {
         Command::Train(a) => run_train(a),
         Command::Export(a) => run_export(a),
+        Command::Eval(a) => run_eval(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

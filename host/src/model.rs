@@ -37,7 +37,9 @@ pub struct ConvBlock {
 impl ConvBlock {
     fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
         let conv = |ci, co| {
-            Conv2dConfig::new([ci, co], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+            Conv2dConfig::new([ci, co], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
         };
         Self {
             conv1: conv(c_in, c_out),
@@ -100,7 +102,9 @@ impl UNetConfig {
             .map(|level| {
                 let c = self.channels(level);
                 UpBlock {
-                    up: ConvTranspose2dConfig::new([2 * c, c], [2, 2]).with_stride([2, 2]).init(device),
+                    up: ConvTranspose2dConfig::new([2 * c, c], [2, 2])
+                        .with_stride([2, 2])
+                        .init(device),
                     block: ConvBlock::new(2 * c, c, device),
                 }
             })

@@ -24,9 +24,16 @@ impl DrawTarget for Canvas {
     type Color = Rgb888;
     type Error = Infallible;
 
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(&mut self, pixels: I) -> Result<(), Infallible> {
+    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
+        &mut self,
+        pixels: I,
+    ) -> Result<(), Infallible> {
         for Pixel(p, c) in pixels {
-            if p.x >= 0 && p.y >= 0 && (p.x as u32) < self.0.width() && (p.y as u32) < self.0.height() {
+            if p.x >= 0
+                && p.y >= 0
+                && (p.x as u32) < self.0.width()
+                && (p.y as u32) < self.0.height()
+            {
                 self.0.put_pixel(p.x as u32, p.y as u32, image::Rgb([c.r(), c.g(), c.b()]));
             }
         }
@@ -53,7 +60,8 @@ pub fn line_chart(
     let (w, h) = (640i32, 420i32);
     let (left, right, top, bottom) = (60i32, 20i32, 30i32, 50i32);
     let mut canvas = Canvas(RgbImage::from_pixel(w as u32, h as u32, image::Rgb([255, 255, 255])));
-    let points = series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let points =
+        series.iter().flat_map(|s| s.1.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -78,16 +86,24 @@ pub fn line_chart(
     let axis = PrimitiveStyle::with_stroke(Rgb888::new(90, 90, 90), 1);
     let grid = PrimitiveStyle::with_stroke(Rgb888::new(225, 225, 225), 1);
     let draw = |c: &mut Canvas| -> Result<(), Infallible> {
-        Rectangle::new(Point::new(left, top), Size::new((w - left - right) as u32, (h - top - bottom) as u32))
-            .into_styled(axis)
-            .draw(c)?;
+        Rectangle::new(
+            Point::new(left, top),
+            Size::new((w - left - right) as u32, (h - top - bottom) as u32),
+        )
+        .into_styled(axis)
+        .draw(c)?;
         for k in 0..=4 {
             let fx = x0 + (x1 - x0) * f64::from(k) / 4.0;
             let fy = y0 + (y1 - y0) * f64::from(k) / 4.0;
             let (px, py) = (to_px(fx, y0), to_px(x0, fy));
-            Line::new(Point::new(px.x, top), Point::new(px.x, h - bottom)).into_styled(grid).draw(c)?;
-            Line::new(Point::new(left, py.y), Point::new(w - right, py.y)).into_styled(grid).draw(c)?;
-            Text::new(&format!("{fx:.3}"), Point::new(px.x - 15, h - bottom + 14), black).draw(c)?;
+            Line::new(Point::new(px.x, top), Point::new(px.x, h - bottom))
+                .into_styled(grid)
+                .draw(c)?;
+            Line::new(Point::new(left, py.y), Point::new(w - right, py.y))
+                .into_styled(grid)
+                .draw(c)?;
+            Text::new(&format!("{fx:.3}"), Point::new(px.x - 15, h - bottom + 14), black)
+                .draw(c)?;
             Text::new(&format!("{fy:.3}"), Point::new(4, py.y + 3), black).draw(c)?;
         }
         Text::new(title, Point::new(left, 18), black).draw(c)?;

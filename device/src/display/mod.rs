@@ -44,9 +44,7 @@ impl Framebuffer {
 
     /// Lit pixels inside `area`.
     pub fn lit_in(&self, area: Rectangle) -> usize {
-        area.points()
-            .filter(|p| p.x >= 0 && p.y >= 0 && self.pixel(p.x as u32, p.y as u32))
-            .count()
+        area.points().filter(|p| p.x >= 0 && p.y >= 0 && self.pixel(p.x as u32, p.y as u32)).count()
     }
 
     /// The screen as 8-bit grey: lit pixels 255, dark 0.
@@ -166,7 +164,8 @@ pub fn render(status: &DeviceStatus, fb: &mut Framebuffer) {
         (None, Some(px)) => format!("lesion: {px} px"),
         (None, None) => "lesion: -".to_string(),
     };
-    let time = status.last_ms.map_or_else(|| "time: -".to_string(), |ms| format!("time: {ms:.0} ms"));
+    let time =
+        status.last_ms.map_or_else(|| "time: -".to_string(), |ms| format!("time: {ms:.0} ms"));
     let count = format!("slices: {}", status.slices);
     let lines = [model.as_str(), link, area.as_str(), time.as_str(), count.as_str()];
     for (row, text) in lines.iter().enumerate() {
@@ -177,7 +176,8 @@ pub fn render(status: &DeviceStatus, fb: &mut Framebuffer) {
         } else {
             normal
         };
-        let _ = Text::with_baseline(text, Point::new(1, row * LINE + 1), style, Baseline::Top).draw(fb);
+        let _ =
+            Text::with_baseline(text, Point::new(1, row * LINE + 1), style, Baseline::Top).draw(fb);
     }
 }
 

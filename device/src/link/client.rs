@@ -53,7 +53,10 @@ impl Client<TcpStream> {
         }
         Err(last
             .unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to nothing"))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{addr} resolves to nothing"),
+                )
             })
             .into())
     }

@@ -188,7 +188,10 @@ mod tests {
             code(SliceData::Grey8 { width: 0, height: 5, pixels: vec![] }),
             ErrorCode::EmptySlice
         );
-        assert_eq!(code(SliceData::Encoded { bytes: b"not an image".to_vec() }), ErrorCode::BadImage);
+        assert_eq!(
+            code(SliceData::Encoded { bytes: b"not an image".to_vec() }),
+            ErrorCode::BadImage
+        );
         let mut corrupt = png(16, 16);
         let n = corrupt.len();
         corrupt[40..n - 12].iter_mut().for_each(|b| *b ^= 0x5A);

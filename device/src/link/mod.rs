@@ -102,7 +102,10 @@ impl LinkError {
 
 /// True for read and write errors that only mean "nothing yet".
 pub(crate) fn is_wait(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Writes whole frames, retrying writes that time out until `timeout` has passed; returns the

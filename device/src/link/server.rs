@@ -113,7 +113,11 @@ impl Service {
     /// # Errors
     /// [`LinkError::Io`] when reading or writing the stream fails, [`LinkError::Timeout`] when
     /// a reply cannot be written within [`LinkConfig::write_timeout`].
-    pub fn serve<S: Read + Write>(&self, stream: S, stop: &AtomicBool) -> Result<SessionEnd, LinkError> {
+    pub fn serve<S: Read + Write>(
+        &self,
+        stream: S,
+        stop: &AtomicBool,
+    ) -> Result<SessionEnd, LinkError> {
         self.serve_until_idle(stream, stop, None)
     }
 
@@ -217,7 +221,12 @@ impl<'a, S: Read + Write> Session<'a, S> {
         }
     }
 
-    fn infer(&mut self, id: u32, request: InferRequest, request_bytes: u64) -> Result<(), LinkError> {
+    fn infer(
+        &mut self,
+        id: u32,
+        request: InferRequest,
+        request_bytes: u64,
+    ) -> Result<(), LinkError> {
         let limits = self.service.config.limits;
         let (report, _mask) = match handler::run_request(&self.service.segmenter, request, &limits)
         {

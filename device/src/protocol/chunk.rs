@@ -32,8 +32,7 @@ pub fn encode_message(
     limits: &Limits,
 ) -> Result<Vec<Vec<u8>>, ProtocolError> {
     limits.check()?;
-    let payload =
-        postcard::to_stdvec(message).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let payload = postcard::to_stdvec(message).map_err(|e| ProtocolError::Encode(e.to_string()))?;
     if payload.len() > limits.max_message_bytes {
         return Err(ProtocolError::MessageTooLarge {
             request_id: Some(request_id),
@@ -44,6 +43,13 @@ pub fn encode_message(
     let single = frame::frame_payload(request_id, &payload)?;
     if single.len() - 2 <= limits.max_frame_bytes {
         return Ok(vec![single]);
+    }
+    if matches!(message, Message::Chunk(_)) {
+        return Err(ProtocolError::Encode(format!(
+            "a chunk of {} bytes does not fit a frame of {} bytes",
+            payload.len(),
+            limits.max_frame_bytes
+        )));
     }
     let capacity = chunk_capacity(limits.max_frame_bytes);
     let count = u32::try_from(payload.len().div_ceil(capacity)).map_err(|_| {
@@ -236,8 +242,7 @@ mod tests {
     /// Decodes a byte stream back into `(request id, message, wire bytes)` triples.
     fn receive(stream: &[u8], limits: &Limits, rng: &mut Rng) -> Vec<(u32, Message, u64)> {
         let mut deframer = Deframer::new(limits.max_frame_bytes);
-        let mut reassembler =
-            Reassembler::new(limits.max_message_bytes, Duration::from_secs(60));
+        let mut reassembler = Reassembler::new(limits.max_message_bytes, Duration::from_secs(60));
         let mut out = Vec::new();
         let mut at = 0;
         while at < stream.len() {
@@ -273,7 +278,14 @@ mod tests {
             let message = match rng.below(3) {
                 0 => Message::InferRequest(random_request(&mut rng, 20_000)),
                 1 => Message::InferResult(random_report(&mut rng, 10_000)),
-                _ => random_message(&mut rng, 30_000),
+                _ => match random_message(&mut rng, 30_000) {
+                    Message::Chunk(c) => Message::Error(crate::protocol::ErrorReply {
+                        request_id: c.index,
+                        code: ErrorCode::Busy,
+                        message: "x".repeat(c.bytes.len()),
+                    }),
+                    other => other,
+                },
             };
             let frames = encode_message(id, &message, &limits).unwrap();
             for f in &frames {
@@ -290,7 +302,7 @@ mod tests {
     fn chunks_fill_frames() {
         for max in [MIN_FRAME_BYTES, 200, 255, 256, 1000, 64 * 1024] {
             let limits = limits(max);
-            let message = Message::Chunk(Chunk { index: 0, count: 1, bytes: vec![1; 5 * max] });
+            let message = big_message(5 * max);
             let frames = encode_message(u32::MAX, &message, &limits).unwrap();
             let longest = frames.iter().map(|f| f.len() - 2).max().unwrap();
             assert!(longest <= max, "{longest} > {max}");
@@ -302,10 +314,29 @@ mod tests {
     #[test]
     fn oversized_message_is_refused() {
         let limits = Limits { max_message_bytes: 1000, max_frame_bytes: 200, ..Limits::default() };
-        let message = Message::Chunk(Chunk { index: 0, count: 1, bytes: vec![1; 2000] });
-        let err = encode_message(3, &message, &limits).unwrap_err();
+        let err = encode_message(3, &big_message(2000), &limits).unwrap_err();
         assert_eq!(err.code(), ErrorCode::MessageTooLarge);
         assert!(err.to_string().contains("1000"), "{err}");
+    }
+
+    /// A chunk is never chunked again.
+    #[test]
+    fn oversized_chunk_is_refused() {
+        let chunk = Message::Chunk(Chunk { index: 0, count: 1, bytes: vec![1; 1000] });
+        let err = encode_message(3, &chunk, &limits(MIN_FRAME_BYTES)).unwrap_err();
+        assert!(matches!(err, ProtocolError::Encode(_)), "{err}");
+    }
+
+    fn big_message(pixels: usize) -> Message {
+        Message::InferRequest(crate::protocol::InferRequest {
+            slice: crate::protocol::SliceData::Grey8 {
+                width: pixels as u32,
+                height: 1,
+                pixels: vec![1; pixels],
+            },
+            threshold: None,
+            spacing_mm: None,
+        })
     }
 
     fn chunk(index: u32, count: u32) -> Chunk {

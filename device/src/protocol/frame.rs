@@ -48,8 +48,7 @@ pub fn wire_bytes(encoded_len: usize) -> u64 {
 /// # Errors
 /// [`ProtocolError::Encode`] when postcard cannot encode the message.
 pub fn encode_frame(request_id: u32, message: &Message) -> Result<Vec<u8>, ProtocolError> {
-    let payload =
-        postcard::to_stdvec(message).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let payload = postcard::to_stdvec(message).map_err(|e| ProtocolError::Encode(e.to_string()))?;
     frame_payload(request_id, &payload)
 }
 
@@ -68,8 +67,7 @@ pub(crate) fn frame_payload_version(
         ProtocolError::Encode(format!("payload of {} bytes does not fit a frame", payload.len()))
     })?;
     let header = Header { version, request_id, len };
-    let mut raw =
-        postcard::to_stdvec(&header).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let mut raw = postcard::to_stdvec(&header).map_err(|e| ProtocolError::Encode(e.to_string()))?;
     raw.reserve(payload.len() + CRC_BYTES);
     raw.extend_from_slice(payload);
     let crc = CRC32.checksum(&raw);
@@ -152,7 +150,8 @@ pub fn decode_frame(encoded: &[u8]) -> Result<Frame, ProtocolError> {
 
 /// Decodes a message's postcard encoding, telling an unknown message type from bad content.
 pub(crate) fn decode_payload(request_id: u32, payload: &[u8]) -> Result<Message, ProtocolError> {
-    let malformed = |detail: String| ProtocolError::Malformed { request_id: Some(request_id), detail };
+    let malformed =
+        |detail: String| ProtocolError::Malformed { request_id: Some(request_id), detail };
     let (kind, _) = postcard::take_from_bytes::<u32>(payload)
         .map_err(|e| malformed(format!("message tag does not decode: {e}")))?;
     if kind >= MESSAGE_KINDS {
@@ -312,11 +311,12 @@ mod tests {
                 (0..rng.below(6) + 1).map(|_| random_message(&mut rng, 300)).collect();
             let mut stream = Vec::new();
             for (i, m) in messages.iter().enumerate() {
-                let noise = rng.bytes(rng.below(40));
-                stream.extend(noise);
+                let n = rng.below(40);
+                stream.extend(rng.bytes(n));
                 stream.extend(encode_frame(i as u32 + 1, m).unwrap());
             }
-            stream.extend(rng.bytes(rng.below(40)));
+            let n = rng.below(40);
+            stream.extend(rng.bytes(n));
             let mut deframer = Deframer::new(4096);
             let mut decoded = Vec::new();
             let mut at = 0;
@@ -432,11 +432,8 @@ mod tests {
     /// at the next delimiter.
     #[test]
     fn oversized_frame_is_dropped_to_next_delimiter() {
-        let big = Message::Chunk(crate::protocol::Chunk {
-            index: 0,
-            count: 1,
-            bytes: vec![7; 1000],
-        });
+        let big =
+            Message::Chunk(crate::protocol::Chunk { index: 0, count: 1, bytes: vec![7; 1000] });
         let mut stream = encode_frame(77, &big).unwrap();
         stream.extend(encode_frame(78, &Message::Hello).unwrap());
         let mut deframer = Deframer::new(256);

@@ -23,7 +23,12 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
 }
 
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
 }
 
 fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
@@ -65,7 +70,13 @@ struct Graph {
 }
 
 impl Graph {
-    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
         let out = format!("{name}.out");
         self.nodes.push(NodeProto {
             op_type: op.into(),

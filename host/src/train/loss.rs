@@ -22,8 +22,10 @@ pub fn bce_with_logits(logits: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
 /// `prob` is batch x 1 x height x width.
 pub fn total_variation(prob: Tensor<4>) -> Tensor<1> {
     let [b, c, h, w] = prob.dims();
-    let rows = prob.clone().slice([0..b, 0..c, 1..h, 0..w]) - prob.clone().slice([0..b, 0..c, 0..h - 1, 0..w]);
-    let cols = prob.clone().slice([0..b, 0..c, 0..h, 1..w]) - prob.slice([0..b, 0..c, 0..h, 0..w - 1]);
+    let rows = prob.clone().slice([0..b, 0..c, 1..h, 0..w])
+        - prob.clone().slice([0..b, 0..c, 0..h - 1, 0..w]);
+    let cols =
+        prob.clone().slice([0..b, 0..c, 0..h, 1..w]) - prob.slice([0..b, 0..c, 0..h, 0..w - 1]);
     (rows.abs().sum() + cols.abs().sum()).div_scalar((b * c * h * w) as f32)
 }
 
@@ -84,7 +86,8 @@ mod tests {
     fn tv_gradient_is_non_zero() {
         let device = Device::flex().autodiff();
         let values = vec![0.0, 1.0, 0.0, 1.0];
-        let t = Tensor::<4>::from_data(TensorData::new(values, [1, 1, 2, 2]), &device).require_grad();
+        let t =
+            Tensor::<4>::from_data(TensorData::new(values, [1, 1, 2, 2]), &device).require_grad();
         let grads = total_variation(t.clone()).backward();
         let g: Vec<f32> = t.grad(&grads).expect("gradient").into_data().try_to_vec().unwrap();
         assert!(g.iter().any(|v| v.abs() > 1e-3), "gradient {g:?}");

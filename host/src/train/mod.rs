@@ -135,7 +135,8 @@ impl RunDir {
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -168,7 +169,8 @@ pub fn predict_planes(model: &UNet, planes: &[Vec<f32>], side: usize) -> Vec<Vec
             let n = chunk.len();
             let flat: Vec<f32> = chunk.iter().flat_map(|p| p.iter().copied()).collect();
             let x = Tensor::from_data(TensorData::new(flat, [n, 1, side, side]), &device);
-            let p: Vec<f32> = sigmoid(model.forward(x)).into_data().try_to_vec().expect("f32 output");
+            let p: Vec<f32> =
+                sigmoid(model.forward(x)).into_data().try_to_vec().expect("f32 output");
             p.chunks(side * side).map(<[f32]>::to_vec).collect::<Vec<_>>()
         })
         .collect()
@@ -242,7 +244,12 @@ pub fn choose_threshold(probs: &[Vec<f32>], truths: &[Vec<u8>]) -> (f32, f64) {
 
 /// Trains on the training part of `split`, validating on the rest, writing checkpoints and logs
 /// into `dir`. With `resume`, continues from `dir`'s last checkpoint and state.
-pub fn train(slices: &[LabelledSlice], cfg: &TrainConfig, dir: &Path, resume: bool) -> Result<RunState> {
+pub fn train(
+    slices: &[LabelledSlice],
+    cfg: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+) -> Result<RunState> {
     let run = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ids: Vec<String> = slices.iter().map(|s| s.id.clone()).collect();
@@ -311,7 +318,14 @@ pub fn train(slices: &[LabelledSlice], cfg: &TrainConfig, dir: &Path, resume: bo
         for chunk in order.chunks(cfg.batch_size) {
             let examples: Vec<Example> = chunk
                 .iter()
-                .map(|&i| data::augmented_example(train_set[i], cfg.unet.input_size, &cfg.augment, &mut rng))
+                .map(|&i| {
+                    data::augmented_example(
+                        train_set[i],
+                        cfg.unet.input_size,
+                        &cfg.augment,
+                        &mut rng,
+                    )
+                })
                 .collect();
             let (x, y) = batch(&examples, side, &device);
             let parts = loss::tv_unet_loss(model.forward(x), y, cfg.lambda_tv);
@@ -372,21 +386,36 @@ pub fn train(slices: &[LabelledSlice], cfg: &TrainConfig, dir: &Path, resume: bo
         );
 
         plot_epochs(&run)?;
-        model.clone().save_file(run.last()).map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
+        model
+            .clone()
+            .save_file(run.last())
+            .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
         if v.loss < state.best_val_loss {
             state.best_val_loss = v.loss;
             state.best_epoch = epoch;
             state.epochs_without_gain = 0;
             state.epochs_since_cut = 0;
-            model.clone().save_file(run.best()).map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
-            tracing::info!(epoch, val_loss = v.loss, "new best checkpoint {}", run.best().display());
+            model
+                .clone()
+                .save_file(run.best())
+                .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
+            tracing::info!(
+                epoch,
+                val_loss = v.loss,
+                "new best checkpoint {}",
+                run.best().display()
+            );
         } else {
             state.epochs_without_gain += 1;
             state.epochs_since_cut += 1;
             if state.epochs_since_cut >= cfg.plateau_patience {
                 state.learning_rate *= 0.5;
                 state.epochs_since_cut = 0;
-                tracing::info!(epoch, lr = state.learning_rate, "validation loss on a plateau: halving lr");
+                tracing::info!(
+                    epoch,
+                    lr = state.learning_rate,
+                    "validation loss on a plateau: halving lr"
+                );
             }
         }
         let out_of_time = cfg.max_minutes > 0.0 && state.wall_s > cfg.max_minutes * 60.0;
@@ -407,7 +436,10 @@ pub fn train(slices: &[LabelledSlice], cfg: &TrainConfig, dir: &Path, resume: bo
         val.iter().map(|e| e.target.iter().map(|&t| u8::from(t > 0.5)).collect()).collect();
     let probs = predict_planes(&best, &planes, side);
     let (threshold, dice) = choose_threshold(&probs, &truths);
-    write_json(&run.threshold(), &serde_json::json!({ "threshold": threshold, "validation_dice": dice }))?;
+    write_json(
+        &run.threshold(),
+        &serde_json::json!({ "threshold": threshold, "validation_dice": dice }),
+    )?;
     println!(
         "best epoch {} (val loss {:.4}); threshold {threshold:.2} gives validation dice {dice:.3}; \
          {:.1} min",

@@ -1,0 +1,10 @@
+//! The tvunet host toolchain as a library: data, model, training, export, evaluation and the
+//! device client. The `tvunet` binary is a thin command line over it.
+
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod metrics;
+pub mod model;
+pub mod plot;
+pub mod train;
