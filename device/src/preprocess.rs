@@ -142,9 +142,16 @@ pub fn resize_map(map: &[f32], from: (u32, u32), to: (u32, u32)) -> Vec<f32> {
     if from == to {
         return map.to_vec();
     }
+    // The image crate clamps f32 pixels to 0..=1 while filtering, so the map is brought into
+    // that range and back; the triangle filter never leaves the input's range.
+    let low = map.iter().copied().fold(f32::INFINITY, f32::min);
+    let high = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let span = if high > low { high - low } else { 1.0 };
+    let unit: Vec<f32> = map.iter().map(|&v| (v - low) / span).collect();
     let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
-        ImageBuffer::from_raw(from.0, from.1, map.to_vec()).expect("map length is from.0 * from.1");
-    image::imageops::resize(&buf, to.0, to.1, FilterType::Triangle).into_raw()
+        ImageBuffer::from_raw(from.0, from.1, unit).expect("map length is from.0 * from.1");
+    let resized = image::imageops::resize(&buf, to.0, to.1, FilterType::Triangle).into_raw();
+    resized.into_iter().map(|v| v * span + low).collect()
 }
 
 /// Standardises a map in place to zero mean and unit deviation over the slice.
@@ -176,6 +183,17 @@ pub fn model_input(slice: &GraySlice, side: u32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resizing keeps the values of a map outside 0..1 (grey levels), not clamped.
+    #[test]
+    fn resize_keeps_grey_levels() {
+        let map: Vec<f32> = (0..16).map(|i| (i * 16) as f32).collect();
+        let up = resize_map(&map, (4, 4), (8, 8));
+        let (lo, hi) = up.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(lo >= 0.0 && hi <= 240.0 && hi > 200.0, "range {lo}..{hi}");
+        let same = resize_map(&[7.0; 6], (3, 2), (5, 4));
+        assert!(same.iter().all(|&v| (v - 7.0).abs() < 1e-6), "{same:?}");
+    }
 
     /// A normalised plane has mean 0 and deviation 1.
     #[test]

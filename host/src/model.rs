@@ -35,7 +35,7 @@ pub struct ConvBlock {
 }
 
 impl ConvBlock {
-    fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+    pub(crate) fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
         let conv = |ci, co| {
             Conv2dConfig::new([ci, co], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -50,7 +50,7 @@ impl ConvBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
         self.relu.forward(self.bn2.forward(self.conv2.forward(x)))
     }
