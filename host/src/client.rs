@@ -42,29 +42,33 @@ pub fn send(
     threshold: Option<f32>,
     spacing: Option<PixelSpacing>,
 ) -> Result<Vec<SentSlice>> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("creating output directory {}", out.display()))?;
     let config = LinkConfig::default();
     match target {
         Target::Tcp(addr) => {
             let client = Client::connect_tcp(&addr, config)
                 .with_context(|| format!("connecting to tcp {addr}"))?;
-            send_all(client, files, out, threshold, spacing)
+            send_over(client, files, out, threshold, spacing)
         }
         Target::Serial { path, baud } => {
             let client = Client::open_serial(&path, baud, config)?;
-            send_all(client, files, out, threshold, spacing)
+            send_over(client, files, out, threshold, spacing)
         }
     }
 }
 
-fn send_all<S: Read + Write>(
+/// As [`send`], over a client already connected.
+///
+/// # Errors
+/// As [`send`].
+pub fn send_over<S: Read + Write>(
     mut client: Client<S>,
     files: &[PathBuf],
     out: &Path,
     threshold: Option<f32>,
     spacing: Option<PixelSpacing>,
 ) -> Result<Vec<SentSlice>> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating output directory {}", out.display()))?;
     let info = client.hello().context("the device does not answer")?;
     tracing::info!(
         model = %info.model_name,

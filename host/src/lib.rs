@@ -1,7 +1,9 @@
 //! The tvunet host toolchain as a library: data, model, training, export, evaluation and the
 //! device client. The `tvunet` binary is a thin command line over it.
 
+pub mod client;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod metrics;

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use tvunet::data::{self, LabelledSlice, Target};
-use tvunet::{eval, export, model, train};
+use tvunet::{client, demo, eval, export, model, train};
+use tvunet_device::PixelSpacing;
 
 #[derive(Parser)]
 #[command(name = "tvunet", version, about = "TV-UNet lesion segmentation toolchain for chest CT")]
@@ -26,6 +27,72 @@ enum Command {
     Export(ExportArgs),
     /// Evaluate a model file (fp32 or int8) on a labelled folder with the device's inference code.
     Eval(EvalArgs),
+    /// Send slices to a device over TCP or a serial port; write masks, overlays and reports.
+    Send(SendArgs),
+    /// Start a device on loopback TCP and a pseudo-terminal, stream the bundled real slices
+    /// over both, and score each mask against the radiologist's.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Device address, host:port.
+    #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+    tcp: Option<String>,
+    /// Serial port of the device.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Serial speed, bits/s.
+    #[arg(long, default_value_t = 921_600)]
+    baud: u32,
+    /// Slice files (PNG or JPEG, 8-bit grey).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Folder for NAME.mask.png, NAME.overlay.png and NAME.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Threshold on the lesion probability (default: the model's).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Pixel spacing as ROW_MM,COL_MM, for areas in mm².
+    #[arg(long, value_parser = parse_spacing)]
+    spacing_mm: Option<PixelSpacing>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Model the device serves.
+    #[arg(long, default_value = "models/tvunet-medseg.onnx")]
+    model: PathBuf,
+    /// Labelled slices to stream.
+    #[arg(long, default_value = "tests/fixtures/medseg")]
+    slices: PathBuf,
+    /// Folder for overlays, masks and reports.
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+}
+
+fn parse_spacing(text: &str) -> Result<PixelSpacing, String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let parse = |s: &str| s.trim().parse::<f64>().ok().filter(|v| *v > 0.0 && v.is_finite());
+    match parts.as_slice() {
+        [r, c] => match (parse(r), parse(c)) {
+            (Some(row_mm), Some(col_mm)) => Ok(PixelSpacing { row_mm, col_mm }),
+            _ => Err(format!("spacing `{text}`: both values must be positive numbers of mm")),
+        },
+        _ => Err(format!("spacing `{text}`: expected ROW_MM,COL_MM such as 0.7,0.7")),
+    }
+}
+
+/// Resolves a repository-relative default so the binary also works from another directory.
+fn repo_path(p: &Path) -> PathBuf {
+    if p.is_relative() && !p.exists() {
+        let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p);
+        if from_manifest.exists() {
+            return from_manifest;
+        }
+    }
+    p.to_path_buf()
 }
 
 #[derive(Args)]
@@ -196,6 +263,21 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_send(a: SendArgs) -> Result<()> {
+    let target = match (a.tcp, a.serial) {
+        (Some(addr), _) => client::Target::Tcp(addr),
+        (None, Some(path)) => client::Target::Serial { path, baud: a.baud },
+        (None, None) => anyhow::bail!("give --tcp HOST:PORT or --serial PATH"),
+    };
+    client::send(target, &a.files, &a.out, a.threshold, a.spacing_mm)?;
+    Ok(())
+}
+
+fn run_demo(a: DemoArgs) -> Result<()> {
+    demo::run(&repo_path(&a.model), &repo_path(&a.slices), &a.out)?;
+    Ok(())
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -209,6 +291,8 @@ fn main() {
         Command::Train(a) => run_train(a),
         Command::Export(a) => run_export(a),
         Command::Eval(a) => run_eval(a),
+        Command::Send(a) => run_send(a),
+        Command::Demo(a) => run_demo(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -73,9 +73,10 @@ pub fn prepare_slice(data: SliceData, limits: &Limits) -> Result<GraySlice, Refu
             let bad = |what: &str, e: &dyn std::fmt::Display| {
                 Refusal::new(ErrorCode::BadImage, format!("{what}: {e}"))
             };
-            let reader = ImageReader::new(Cursor::new(&bytes[..]))
+            let mut reader = ImageReader::new(Cursor::new(&bytes[..]))
                 .with_guessed_format()
                 .map_err(|e| bad("cannot read image", &e))?;
+            reader.no_limits();
             match reader.format() {
                 Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
                 Some(other) => {

@@ -99,7 +99,7 @@ pub enum ProtocolError {
     #[error("malformed frame: {detail}")]
     Malformed { request_id: Option<u32>, detail: String },
     /// A frame grew past the frame limit before its delimiter arrived.
-    #[error("frame of more than {got} bytes exceeds the limit of {limit} bytes")]
+    #[error("frame of at least {got} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge { request_id: Option<u32>, got: u64, limit: u64 },
     /// A message is larger than the message limit.
     #[error("message of {got} bytes exceeds the limit of {limit} bytes")]
