@@ -78,7 +78,7 @@ impl ModelMeta {
         let size = get(keys::INPUT_SIZE)?;
         let input_size: u32 =
             size.parse().map_err(|_| bad(keys::INPUT_SIZE, size, "not an integer"))?;
-        if !(16..=2048).contains(&input_size) || input_size % 16 != 0 {
+        if !(16..=2048).contains(&input_size) || !input_size.is_multiple_of(16) {
             return Err(bad(keys::INPUT_SIZE, size, "must be a multiple of 16 in 16..=2048"));
         }
         let norm = get(keys::NORMALISATION)?;
@@ -87,7 +87,7 @@ impl ModelMeta {
         }
         let t = get(keys::THRESHOLD)?;
         let threshold: f32 = t.parse().map_err(|_| bad(keys::THRESHOLD, t, "not a number"))?;
-        if !(threshold > 0.0 && threshold < 1.0) {
+        if threshold.is_nan() || threshold <= 0.0 || threshold >= 1.0 {
             return Err(bad(keys::THRESHOLD, t, "must lie strictly between 0 and 1"));
         }
         let target = get(keys::TARGET)?.clone();

@@ -99,7 +99,7 @@ impl GraySlice {
         hu: &[i16],
         window: HuWindow,
     ) -> Result<Self, SliceError> {
-        if !(window.width_hu > 0.0) {
+        if window.width_hu.is_nan() || window.width_hu <= 0.0 {
             return Err(SliceError::BadWindow(window.width_hu));
         }
         check_size(width, height, hu.len())?;

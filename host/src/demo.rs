@@ -32,7 +32,11 @@ pub fn run(model: &Path, slices_dir: &Path, out: &Path) -> Result<Vec<(String, V
         .iter()
         .map(|s| {
             let jpg = slices_dir.join("images").join(format!("{}.jpg", s.id));
-            if jpg.is_file() { jpg } else { slices_dir.join("images").join(format!("{}.png", s.id)) }
+            if jpg.is_file() {
+                jpg
+            } else {
+                slices_dir.join("images").join(format!("{}.png", s.id))
+            }
         })
         .collect();
     println!(
@@ -77,7 +81,10 @@ pub fn run(model: &Path, slices_dir: &Path, out: &Path) -> Result<Vec<(String, V
         Err(_) => bail!("the serial device thread panicked"),
     }
 
-    println!("\n{:<8} {:>10} {:>9} {:>8} {:>7} {:>11}", "slice", "lesion px", "lesion %", "lesions", "dice", "link bytes");
+    println!(
+        "\n{:<8} {:>10} {:>9} {:>8} {:>7} {:>11}",
+        "slice", "lesion px", "lesion %", "lesions", "dice", "link bytes"
+    );
     let mut pooled = Counts::default();
     let mut dice_sum = 0.0;
     for (i, s) in truth.iter().enumerate() {

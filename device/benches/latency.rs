@@ -1,0 +1,122 @@
+//! Latency of the device on real slices: model load, bare inference (preprocess, tract, threshold,
+//! lesions) and the whole request over loopback TCP, as medians over repeated runs.
+//!
+//! Run: `cargo bench -p tvunet-device --profile dev --bench latency [-- MODEL [ITERATIONS]]`
+//! (the dev profile builds dependencies fully optimised).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tvunet_device::link::{Client, LinkConfig, Service, TcpServer};
+use tvunet_device::protocol::{InferRequest, SliceData};
+use tvunet_device::{GraySlice, Segmenter};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let model = args.first().map(PathBuf::from).unwrap_or(root.join("models/tvunet-medseg.onnx"));
+    let iterations: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let images = root.join("tests/fixtures/medseg/images");
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let slices: Vec<(Vec<u8>, GraySlice)> = files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            let slice = GraySlice::decode(&bytes).unwrap();
+            (bytes, slice)
+        })
+        .collect();
+
+    let loads: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            Segmenter::load(&model).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let segmenter = Arc::new(Segmenter::load(&model).unwrap());
+    let side = segmenter.meta().input_size;
+    let file_bytes = std::fs::metadata(&model).unwrap().len();
+
+    let plane = tvunet_device::preprocess::model_input(&slices[0].1, side);
+    let mut net = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        segmenter.probability_plane(&plane).unwrap();
+        net.push(t.elapsed());
+        for (_, s) in &slices {
+            let t = Instant::now();
+            segmenter.segment(s, None, None).unwrap();
+            bare.push(t.elapsed());
+        }
+    }
+
+    let service = Arc::new(Service::new(segmenter.clone(), LinkConfig::default()).unwrap());
+    let server = TcpServer::bind(service, "127.0.0.1:0").unwrap();
+    let mut client =
+        Client::connect_tcp(&server.local_addr().to_string(), LinkConfig::default()).unwrap();
+    client.hello().unwrap();
+    let mut over_tcp = Vec::new();
+    let mut link_bytes = 0u64;
+    for _ in 0..iterations {
+        for (bytes, _) in &slices {
+            let request = InferRequest {
+                slice: SliceData::Encoded { bytes: bytes.clone() },
+                threshold: None,
+                spacing_mm: None,
+            };
+            let t = Instant::now();
+            let report = client.infer(&request).unwrap();
+            over_tcp.push(t.elapsed());
+            link_bytes += report.link_bytes.unwrap_or(0);
+        }
+    }
+    server.shutdown();
+
+    let (net_m, bare_m, tcp_m) = (median(net), median(bare), median(over_tcp));
+    println!(
+        "model            {} ({} bytes, {}x{} input)",
+        model.display(),
+        file_bytes,
+        side,
+        side
+    );
+    println!("load             median {:8.2} ms", ms(median(loads)));
+    println!("network only     median {:8.2} ms  (tract, 1 x 1 x {side} x {side})", ms(net_m));
+    println!(
+        "slice, bare      median {:8.2} ms  (decode excluded; resize, tract, threshold, lesions)",
+        ms(bare_m)
+    );
+    println!(
+        "slice, over TCP  median {:8.2} ms  = {:.2}x bare  (JPEG in, report and RLE mask back; {} B per slice)",
+        ms(tcp_m),
+        tcp_m.as_secs_f64() / bare_m.as_secs_f64(),
+        link_bytes / (iterations * slices.len()) as u64
+    );
+    if let Some(kib) = peak_rss_kib() {
+        println!(
+            "peak RSS         {:.1} MiB (this process: model, {} slices, server and client)",
+            kib as f64 / 1024.0,
+            slices.len()
+        );
+    }
+}
