@@ -85,7 +85,7 @@ impl UNetConfig {
     /// When `input_size` is not a multiple of `2^depth`, naming both.
     pub fn init(&self, device: &Device) -> UNet {
         assert!(
-            self.depth >= 1 && self.input_size % (1 << self.depth) == 0,
+            self.depth >= 1 && self.input_size.is_multiple_of(1 << self.depth),
             "input size {} is not a multiple of 2^depth (depth {})",
             self.input_size,
             self.depth
