@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serialport::SerialPort;
+use tvunet_device::display::StatusDisplay;
 use tvunet_device::link::{Client, LinkConfig, Service, TcpServer};
 use tvunet_device::Segmenter;
 
@@ -50,7 +51,11 @@ pub fn run(model: &Path, slices_dir: &Path, out: &Path) -> Result<Vec<(String, V
     );
 
     let config = LinkConfig::default();
-    let service = Arc::new(Service::new(segmenter.clone(), config.clone())?);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let screen = out.join("display.png");
+    let display = Arc::new(StatusDisplay::new(segmenter.name(), Some(screen.clone())));
+    let service =
+        Arc::new(Service::new(segmenter.clone(), config.clone())?.with_observer(display.clone()));
     let tcp = TcpServer::bind(service.clone(), "127.0.0.1:0")?;
     let addr = tcp.local_addr().to_string();
 
@@ -115,6 +120,10 @@ pub fn run(model: &Path, slices_dir: &Path, out: &Path) -> Result<Vec<(String, V
         pooled.dice(),
         dice_sum / truth.len().max(1) as f64
     );
-    println!("overlays, masks and reports in {}", out.display());
+    println!(
+        "overlays, masks and reports in {}; the device's status screen in {}",
+        out.display(),
+        screen.display()
+    );
     Ok(results)
 }
