@@ -164,6 +164,15 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Start from the best checkpoint of another run with the same network (fine-tuning).
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
+    /// Epochs without validation-loss improvement before the learning rate is halved.
+    #[arg(long, default_value_t = 5)]
+    plateau_patience: usize,
+    /// Epochs without validation-loss improvement before training stops.
+    #[arg(long, default_value_t = 10)]
+    early_stop_patience: usize,
 }
 
 #[derive(Args)]
@@ -206,13 +215,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         folds: a.folds,
         fold: a.fold,
-        plateau_patience: 5,
-        early_stop_patience: 10,
+        plateau_patience: a.plateau_patience,
+        early_stop_patience: a.early_stop_patience,
         augment: data::Augment::default(),
         max_minutes: a.max_minutes,
         data_fingerprint: data::fingerprint(&slices),
     };
-    train::train(&slices, &cfg, &a.out, a.resume)?;
+    train::train(&slices, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
     Ok(())
 }
 

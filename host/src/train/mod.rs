@@ -262,6 +262,7 @@ pub fn train(
     cfg: &TrainConfig,
     dir: &Path,
     resume: bool,
+    init_from: Option<&Path>,
 ) -> Result<RunState> {
     let run = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -308,7 +309,23 @@ pub fn train(
         let lesion_px: usize =
             train_set.iter().map(|s| s.mask.iter().filter(|&&v| v != 0).count()).sum();
         let total_px: usize = train_set.iter().map(|s| s.mask.len()).sum();
-        let model = init_with_prior(&cfg.unet, lesion_px as f64 / total_px.max(1) as f64, &device);
+        let model = match init_from {
+            Some(other) => {
+                let other = RunDir(other.to_path_buf());
+                let (other_cfg, model) = other.load_model(true, &device)?;
+                if other_cfg.unet != cfg.unet {
+                    bail!(
+                        "--init-from {}: its network {:?} differs from {:?}",
+                        other.0.display(),
+                        other_cfg.unet,
+                        cfg.unet
+                    );
+                }
+                tracing::info!("starting from {}", other.best().display());
+                model
+            }
+            None => init_with_prior(&cfg.unet, lesion_px as f64 / total_px.max(1) as f64, &device),
+        };
         (model, state)
     };
     // PyTorch's epsilon; burn's default of 1e-5 damps the early steps.
