@@ -109,24 +109,11 @@ struct InferArgs {
     #[arg(long)]
     threshold: Option<f32>,
     /// Pixel spacing ROW,COL in mm, for lesion areas in mm².
-    #[arg(long, value_parser = parse_spacing)]
+    #[arg(long, value_parser = PixelSpacing::parse)]
     spacing_mm: Option<PixelSpacing>,
     /// Largest slice accepted, pixels (width times height).
     #[arg(long, default_value_t = Limits::default().max_slice_pixels)]
     max_slice_pixels: u64,
-}
-
-fn parse_spacing(text: &str) -> Result<PixelSpacing, String> {
-    let (row, col) = text.split_once(',').ok_or("expected ROW,COL in mm, e.g. 0.7,0.7")?;
-    let parse = |v: &str| -> Result<f64, String> {
-        let mm: f64 = v.trim().parse().map_err(|_| format!("`{v}` is not a number"))?;
-        if mm.is_finite() && mm > 0.0 {
-            Ok(mm)
-        } else {
-            Err(format!("spacing {mm} mm is not positive"))
-        }
-    };
-    Ok(PixelSpacing { row_mm: parse(row)?, col_mm: parse(col)? })
 }
 
 fn main() -> ExitCode {

@@ -44,6 +44,25 @@ pub struct PixelSpacing {
 }
 
 impl PixelSpacing {
+    /// Parses `ROW_MM,COL_MM` (for example `0.7,0.7`), as command lines take it.
+    ///
+    /// # Errors
+    /// A message naming the text when it is not two positive, finite numbers.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (row, col) = text
+            .split_once(',')
+            .ok_or_else(|| format!("spacing `{text}`: expected ROW,COL in mm, e.g. 0.7,0.7"))?;
+        let parse = |v: &str| -> Result<f64, String> {
+            let mm: f64 = v.trim().parse().map_err(|_| format!("spacing `{v}` is not a number"))?;
+            if mm.is_finite() && mm > 0.0 {
+                Ok(mm)
+            } else {
+                Err(format!("spacing {mm} mm is not positive"))
+            }
+        };
+        Ok(Self { row_mm: parse(row)?, col_mm: parse(col)? })
+    }
+
     /// Area of one pixel, mm².
     pub fn pixel_area_mm2(&self) -> f64 {
         self.row_mm * self.col_mm
@@ -223,6 +242,15 @@ mod tests {
         let w = HuWindow { center_hu: 40.0, width_hu: 400.0 };
         let s = GraySlice::from_hu(3, 1, &[-160, 40, 240], w).unwrap();
         assert_eq!(s.pixels, vec![0, 128, 255]);
+    }
+
+    /// Spacing parses from `ROW,COL` and refuses non-positive or missing values, naming them.
+    #[test]
+    fn spacing_parses_and_refuses() {
+        assert_eq!(PixelSpacing::parse("0.7, 0.8"), Ok(PixelSpacing { row_mm: 0.7, col_mm: 0.8 }));
+        for bad in ["0.7", "0,0.7", "-1,1", "a,1", "inf,1"] {
+            assert!(PixelSpacing::parse(bad).is_err(), "`{bad}` accepted");
+        }
     }
 
     /// Pixel count and declared size must agree.

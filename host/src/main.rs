@@ -55,7 +55,7 @@ struct SendArgs {
     #[arg(long)]
     threshold: Option<f32>,
     /// Pixel spacing as ROW_MM,COL_MM, for areas in mm².
-    #[arg(long, value_parser = parse_spacing)]
+    #[arg(long, value_parser = PixelSpacing::parse)]
     spacing_mm: Option<PixelSpacing>,
 }
 
@@ -70,18 +70,6 @@ struct DemoArgs {
     /// Folder for overlays, masks and reports.
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
-}
-
-fn parse_spacing(text: &str) -> Result<PixelSpacing, String> {
-    let parts: Vec<&str> = text.split(',').collect();
-    let parse = |s: &str| s.trim().parse::<f64>().ok().filter(|v| *v > 0.0 && v.is_finite());
-    match parts.as_slice() {
-        [r, c] => match (parse(r), parse(c)) {
-            (Some(row_mm), Some(col_mm)) => Ok(PixelSpacing { row_mm, col_mm }),
-            _ => Err(format!("spacing `{text}`: both values must be positive numbers of mm")),
-        },
-        _ => Err(format!("spacing `{text}`: expected ROW_MM,COL_MM such as 0.7,0.7")),
-    }
 }
 
 /// Resolves a repository-relative default so the binary also works from another directory.

@@ -46,7 +46,8 @@ fn plain(conv: &Conv2d) -> FoldedConv {
     FoldedConv { dims, weight: values(&conv.weight), bias }
 }
 
-/// Folds `bn(conv(x))` into one convolution: w' = w g / sqrt(v + e), b' = (b - m) g / sqrt(v + e) + beta.
+/// Folds `bn(conv(x))` into one convolution:
+/// w' = w g / sqrt(v + e), b' = (b - m) g / sqrt(v + e) + beta.
 fn fold(conv: &Conv2d, bn: &BatchNorm) -> FoldedConv {
     let mut c = plain(conv);
     let gamma = values(&bn.gamma);
