@@ -151,12 +151,11 @@ pub fn unet_to_onnx(net: &FoldedUNet, metadata: &[(String, String)]) -> ModelPro
         x = g.block(&name, &cat, b);
     }
     let logits = g.conv("head", &x, &net.head, false);
-    let prob = g.node("Sigmoid", "probability", &[&logits], vec![]);
-    // Name the graph output plainly.
-    if let Some(last) = g.nodes.last_mut() {
-        last.output = vec!["probability".into()];
+    g.node("Sigmoid", "probability", &[&logits], vec![]);
+    // The graph output keeps the plain name the device and the metadata refer to.
+    if let Some(sigmoid) = g.nodes.last_mut() {
+        sigmoid.output = vec!["probability".into()];
     }
-    let _ = prob;
     let graph = GraphProto {
         name: "tvunet".into(),
         node: g.nodes,
