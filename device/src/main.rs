@@ -57,7 +57,7 @@ struct ServeArgs {
     #[arg(long)]
     serial: Option<String>,
     /// Serial speed, bits/s.
-    #[arg(long, default_value_t = 115_200)]
+    #[arg(long, default_value_t = 921_600)]
     baud: u32,
     /// TCP address to listen on: HOST:PORT, or a port alone for 127.0.0.1:PORT (0 picks one).
     #[arg(long)]

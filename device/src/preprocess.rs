@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// normalisation is refused.
 pub const NORMALISATION: &str = "zscore-per-slice";
 
+/// Fewest grey levels between the darkest and brightest pixel of a slice worth segmenting; a
+/// CT slice in any window spans far more (air to soft tissue).
+pub const MIN_GREY_SPREAD: u8 = 8;
+
 /// An 8-bit greyscale axial CT slice, row-major, as the workstation exports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GraySlice {
@@ -82,6 +86,11 @@ pub enum SliceError {
     BadWindow(f32),
     #[error("cannot decode image: {0}")]
     Decode(String),
+    #[error(
+        "slice has no contrast: every pixel lies within {spread} grey levels of the darkest \
+         (a blank slice or a failed export), so there is no anatomy to segment"
+    )]
+    NoContrast { spread: u8 },
 }
 
 impl GraySlice {
@@ -130,6 +139,21 @@ impl GraySlice {
             })
             .collect();
         Ok(Self { width, height, pixels })
+    }
+
+    /// Refuses a slice whose grey levels span fewer than [`MIN_GREY_SPREAD`] levels: after
+    /// per-slice standardisation it would be a flat plane, which the network was never shown.
+    ///
+    /// # Errors
+    /// [`SliceError::NoContrast`] with the spread found.
+    pub fn check_contrast(&self) -> Result<(), SliceError> {
+        let low = self.pixels.iter().copied().min().unwrap_or(0);
+        let high = self.pixels.iter().copied().max().unwrap_or(0);
+        let spread = high - low;
+        if spread < MIN_GREY_SPREAD {
+            return Err(SliceError::NoContrast { spread });
+        }
+        Ok(())
     }
 
     /// Number of pixels.
@@ -251,6 +275,21 @@ mod tests {
         for bad in ["0.7", "0,0.7", "-1,1", "a,1", "inf,1"] {
             assert!(PixelSpacing::parse(bad).is_err(), "`{bad}` accepted");
         }
+    }
+
+    /// Blank and near-uniform slices are refused; a slice with real contrast passes.
+    #[test]
+    fn blank_slice_is_refused() {
+        for fill in [0u8, 128, 255] {
+            let s = GraySlice::new(4, 4, vec![fill; 16]).unwrap();
+            assert!(
+                matches!(s.check_contrast(), Err(SliceError::NoContrast { spread: 0 })),
+                "{fill}"
+            );
+        }
+        let mut pixels = vec![20u8; 16];
+        pixels[3] = 200;
+        assert!(GraySlice::new(4, 4, pixels).unwrap().check_contrast().is_ok());
     }
 
     /// Pixel count and declared size must agree.

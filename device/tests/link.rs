@@ -710,3 +710,27 @@ fn infer_command_reports_failed_slices() {
     assert!(out_dir.join(format!("{name}.mask.png")).exists());
     assert!(!out_dir.join("bad.mask.png").exists());
 }
+
+/// A blank slice (one grey level everywhere, as from a failed export) is refused as empty
+/// rather than reported as lesion, and the connection keeps serving.
+#[test]
+fn blank_slice_is_refused_not_segmented() {
+    let server = tcp_server(config());
+    let mut client = tcp_client(&server, config());
+    for fill in [0u8, 128, 255] {
+        let mut png = Vec::new();
+        image::GrayImage::from_pixel(512, 512, image::Luma([fill]))
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let request = InferRequest {
+            slice: SliceData::Encoded { bytes: png },
+            threshold: None,
+            spacing_mm: None,
+        };
+        match client.infer(&request) {
+            Err(e) => assert_eq!(e.remote_code(), Some(ErrorCode::EmptySlice), "fill {fill}: {e}"),
+            Ok(r) => panic!("fill {fill}: blank slice segmented with {} lesion px", r.lesion_px),
+        }
+        expect_serving(&mut client);
+    }
+}

@@ -192,6 +192,12 @@ fn read_labelled(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.folds >= 2 && a.fold < a.folds,
+        "--fold {} --folds {}: need at least 2 folds and 0 <= fold < folds",
+        a.fold,
+        a.folds
+    );
     let slices = read_labelled(&a.data.data, a.data.target)?;
     let cfg = train::TrainConfig {
         unet: model::UNetConfig { depth: a.depth, base: a.base, input_size: a.input_size },
@@ -236,6 +242,18 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     if let Some(split) = &a.split {
         let split: data::Split = train::read_json(split)?;
         slices.retain(|s| split.validation.contains(&s.id));
+    }
+    let seen = tvunet_device::Segmenter::load(&a.model)?
+        .meta()
+        .props
+        .get(tvunet_device::inference::keys::DATA_FINGERPRINT)
+        .is_some_and(|f| *f == data::fingerprint(&slices));
+    if seen {
+        eprintln!(
+            "warning: these are exactly the slices the model was trained and validated on; \
+             the figures are not a test on unseen data (use --split RUN/split.json, or the \
+             model card's split, for the held-out part)"
+        );
     }
     let r = eval::evaluate(&a.model, &slices, &a.data.data, &a.out)?;
     let d = &r.at_default;

@@ -34,6 +34,7 @@ impl From<SliceError> for Refusal {
             SliceError::TooLarge { .. } => ErrorCode::SliceTooLarge,
             SliceError::SizeMismatch { .. } | SliceError::BadWindow(_) => ErrorCode::BadRequest,
             SliceError::Decode(_) => ErrorCode::BadImage,
+            SliceError::NoContrast { .. } => ErrorCode::EmptySlice,
         };
         Self::new(code, e.to_string())
     }
@@ -60,11 +61,17 @@ fn check_size(width: u32, height: u32, limits: &Limits) -> Result<(), Refusal> {
 /// before any pixel is decoded or allocated.
 ///
 /// # Errors
-/// [`ErrorCode::EmptySlice`] for no bytes or a zero side, [`ErrorCode::SliceTooLarge`] naming
+/// [`ErrorCode::EmptySlice`] for no bytes, a zero side or a slice without contrast, [`ErrorCode::SliceTooLarge`] naming
 /// the size and the limit, [`ErrorCode::BadImage`] for bytes that are not a readable PNG or
 /// JPEG, [`ErrorCode::BadRequest`] for a pixel count that does not match the size or a bad
 /// window.
 pub fn prepare_slice(data: SliceData, limits: &Limits) -> Result<GraySlice, Refusal> {
+    let slice = decode_slice(data, limits)?;
+    slice.check_contrast()?;
+    Ok(slice)
+}
+
+fn decode_slice(data: SliceData, limits: &Limits) -> Result<GraySlice, Refusal> {
     match data {
         SliceData::Encoded { bytes } => {
             if bytes.is_empty() {
