@@ -33,8 +33,8 @@ pub struct SentSlice {
 /// (the report) into `out`, printing one line per slice.
 ///
 /// # Errors
-/// When the device cannot be reached, refuses a slice, or a file cannot be read or written;
-/// stops at the first failure.
+/// When the device cannot be reached or the link fails (stops there), or when some slices could
+/// not be read or were refused (named on stderr; the remaining slices are still sent).
 pub fn send(
     target: Target,
     files: &[PathBuf],
@@ -78,33 +78,71 @@ pub fn send_over<S: Read + Write>(
         "device ready"
     );
     let mut sent = Vec::with_capacity(files.len());
+    let mut failed = 0usize;
     for file in files {
-        let Some(name) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
-            bail!("{} has no file name", file.display());
-        };
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let slice =
-            GraySlice::decode(&bytes).with_context(|| format!("decoding {}", file.display()))?;
-        let request =
-            InferRequest { slice: SliceData::Encoded { bytes }, threshold, spacing_mm: spacing };
-        let report =
-            client.infer(&request).with_context(|| format!("segmenting {}", file.display()))?;
-        let mask = report.mask().map_err(anyhow::Error::msg).context("decoding the mask")?;
-        if (mask.width, mask.height) != (slice.width, slice.height) {
-            bail!(
-                "{}: device returned a {}x{} mask for a {}x{} slice",
-                file.display(),
-                mask.width,
-                mask.height,
-                slice.width,
-                slice.height
-            );
+        match send_one(&mut client, file, out, threshold, spacing) {
+            Ok(slice) => sent.push(slice),
+            // The device refused this slice and goes on serving: report it and carry on.
+            Err(SendError::Slice(e)) => {
+                eprintln!("{}: {e:#}", file.display());
+                failed += 1;
+            }
+            Err(SendError::Link(e)) => return Err(e),
         }
-        write_outputs(out, &name, &slice, &mask, &report)?;
-        println!("{}", summary_line(&name, &report));
-        sent.push(SentSlice { name, report, mask });
+    }
+    if failed > 0 {
+        bail!("{failed} of {} slices failed (named above); the others were written", files.len());
     }
     Ok(sent)
+}
+
+enum SendError {
+    /// This slice could not be read or was refused; the link is fine.
+    Slice(anyhow::Error),
+    /// The link or the output folder failed; nothing further can be sent.
+    Link(anyhow::Error),
+}
+
+fn send_one<S: Read + Write>(
+    client: &mut Client<S>,
+    file: &Path,
+    out: &Path,
+    threshold: Option<f32>,
+    spacing: Option<PixelSpacing>,
+) -> Result<SentSlice, SendError> {
+    let slice_err = |e: anyhow::Error| SendError::Slice(e);
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .ok_or_else(|| slice_err(anyhow::anyhow!("no file name")))?;
+    let bytes = std::fs::read(file).context("reading the slice").map_err(slice_err)?;
+    let slice = GraySlice::decode(&bytes).context("decoding the slice").map_err(slice_err)?;
+    let request =
+        InferRequest { slice: SliceData::Encoded { bytes }, threshold, spacing_mm: spacing };
+    let report = client.infer(&request).map_err(|e| {
+        let refused = e.remote_code().is_some();
+        let e = anyhow::Error::new(e).context(format!("segmenting {}", file.display()));
+        if refused {
+            SendError::Slice(e)
+        } else {
+            SendError::Link(e)
+        }
+    })?;
+    let mask =
+        report.mask().map_err(|e| SendError::Link(anyhow::anyhow!("decoding the mask: {e}")))?;
+    if (mask.width, mask.height) != (slice.width, slice.height) {
+        return Err(SendError::Link(anyhow::anyhow!(
+            "{}: device returned a {}x{} mask for a {}x{} slice",
+            file.display(),
+            mask.width,
+            mask.height,
+            slice.width,
+            slice.height
+        )));
+    }
+    write_outputs(out, &name, &slice, &mask, &report).map_err(SendError::Link)?;
+    println!("{}", summary_line(&name, &report));
+    Ok(SentSlice { name, report, mask })
 }
 
 fn write_outputs(
