@@ -106,9 +106,9 @@ pub fn line_chart(
                 .draw(c)?;
             Text::new(&format!("{fy:.3}"), Point::new(4, py.y + 3), black).draw(c)?;
         }
-        Text::new(title, Point::new(left, 18), black).draw(c)?;
+        Text::new(title, Point::new(left, 12), black).draw(c)?;
         Text::new(x_label, Point::new(w / 2 - 20, h - 12), black).draw(c)?;
-        Text::new(y_label, Point::new(4, top - 6), black).draw(c)?;
+        Text::new(y_label, Point::new(4, top - 2), black).draw(c)?;
         for (k, (name, pts)) in series.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
             let px: Vec<Point> = pts.iter().map(|&(x, y)| to_px(x, y)).collect();
