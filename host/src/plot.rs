@@ -112,10 +112,10 @@ pub fn line_chart(
         for (k, (name, pts)) in series.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
             let px: Vec<Point> = pts.iter().map(|&(x, y)| to_px(x, y)).collect();
-            Polyline::new(&px).into_styled(PrimitiveStyle::with_stroke(colour, 2)).draw(c)?;
+            Polyline::new(&px).into_styled(PrimitiveStyle::with_stroke(colour, 1)).draw(c)?;
             let ly = top + 14 + 12 * k as i32;
             Line::new(Point::new(w - right - 120, ly - 3), Point::new(w - right - 100, ly - 3))
-                .into_styled(PrimitiveStyle::with_stroke(colour, 2))
+                .into_styled(PrimitiveStyle::with_stroke(colour, 1))
                 .draw(c)?;
             Text::new(name, Point::new(w - right - 95, ly), black).draw(c)?;
         }
@@ -123,4 +123,28 @@ pub fn line_chart(
     };
     let Ok(()) = draw(&mut canvas);
     canvas.0.save(path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Curves with a sharp spike (a validation loss jumping fivefold, as seen in a real run)
+    /// draw without panicking.
+    #[test]
+    fn spiky_curves_draw() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = vec![(1.0, 0.35306), (2.0, 0.30174), (3.0, 0.3017), (4.0, 0.2873)];
+        let val = vec![(1.0, 0.36617), (2.0, 0.33265), (3.0, 0.3605), (4.0, 1.7678)];
+        let tv = vec![(1.0, 0.04751), (2.0, 0.03127), (3.0, 0.0254), (4.0, 0.0243)];
+        let path = dir.path().join("loss.png");
+        line_chart(&path, "loss", "epoch", "loss", &[("train", train), ("val", val), ("tv", tv)])
+            .unwrap();
+        assert!(path.is_file());
+        let precision = vec![(1.0, 1.0), (2.0, 1.0), (3.0, 0.965), (4.0, 0.18)];
+        let recall = vec![(1.0, 0.0), (2.0, 0.0), (3.0, 0.06), (4.0, 0.747)];
+        let dice = vec![(1.0, 0.0), (2.0, 0.0), (3.0, 0.113), (4.0, 0.29)];
+        let series = [("precision", precision), ("recall", recall), ("dice", dice)];
+        line_chart(&dir.path().join("validation.png"), "validation", "epoch", "", &series).unwrap();
+    }
 }

@@ -419,7 +419,10 @@ pub fn train(
             seconds
         );
 
-        plot_epochs(&run)?;
+        // Curves are a convenience: a failure to draw them must not end a training run.
+        if let Err(e) = plot_epochs(&run) {
+            tracing::warn!("could not draw the epoch curves: {e:#}");
+        }
         model
             .clone()
             .save_file(run.last())
