@@ -115,8 +115,10 @@ pub fn run(model: &Path, slices_dir: &Path, out: &Path) -> Result<Vec<(String, V
         );
     }
     println!(
-        "masks identical over TCP and serial; dice pooled {:.3}, mean per slice {:.3}; \
-         lesion area in mm² needs the pixel spacing, which these exported slices do not carry",
+        "masks identical over TCP and serial; dice pooled {:.3}, mean per slice {:.3} \
+         (a check of the path, not a held-out score: the model card says which of these slices \
+         the model trained on); lesion area in mm² needs the pixel spacing, which these \
+         exported slices do not carry",
         pooled.dice(),
         dice_sum / truth.len().max(1) as f64
     );
