@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use tvunet::data::{self, Augment, Target};

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use tvunet::data::{self, LabelledSlice, Target};
-use tvunet::{client, demo, eval, export, model, train};
+use tvunet::{client, demo, eval, export, model, quantize, train};
 use tvunet_device::PixelSpacing;
 
 #[derive(Parser)]
@@ -25,6 +25,8 @@ enum Command {
     Train(TrainArgs),
     /// Export a trained run to ONNX, checked against tract on real slices.
     Export(ExportArgs),
+    /// Quantize an exported fp32 model to int8 for tract, calibrated on unlabelled slices.
+    Quantize(QuantizeArgs),
     /// Evaluate a model file (fp32 or int8) on a labelled folder with the device's inference code.
     Eval(EvalArgs),
     /// Send slices to a device over TCP or a serial port; write masks, overlays and reports.
@@ -81,6 +83,28 @@ fn repo_path(p: &Path) -> PathBuf {
         }
     }
     p.to_path_buf()
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// fp32 ONNX model written by `tvunet export`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder of unlabelled slices (.jpg or .png, 8-bit grey) for the activation ranges.
+    #[arg(long)]
+    calib: PathBuf,
+    /// Calibration slices, spread evenly over the folder's sorted file list.
+    #[arg(long, default_value_t = 200)]
+    calib_count: usize,
+    /// How ranges are taken from the calibration slices.
+    #[arg(long, value_enum, default_value_t = quantize::CalibrationMethod::Percentile)]
+    method: quantize::CalibrationMethod,
+    /// Output int8 ONNX file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Labelled folder on which to compare the int8 model with the fp32 one.
+    #[arg(long)]
+    check: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -238,6 +262,38 @@ fn run_export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_quantize(a: QuantizeArgs) -> Result<()> {
+    let calib = quantize::calibration_slices(&a.calib, a.calib_count)?;
+    let s = quantize::quantize(&a.model, &calib, a.method, &a.out)?;
+    println!(
+        "wrote {} ({} bytes, {:.2}x smaller than the fp32 file), calibrated with {} on {} slices",
+        a.out.display(),
+        s.file_bytes,
+        s.fp32_bytes as f64 / s.file_bytes as f64,
+        s.method,
+        s.calibration_slices
+    );
+    if let Some(dir) = &a.check {
+        let fp32 = tvunet_device::Segmenter::load(&a.model)?;
+        let int8 = tvunet_device::Segmenter::load(&a.out)?;
+        let target = if fp32.meta().target == "ggo" { Target::Ggo } else { Target::Infection };
+        let slices = read_labelled(dir, target)?;
+        let c = quantize::compare(&fp32, &int8, &slices)?;
+        println!(
+            "on {} labelled slices: pooled Dice fp32 {:.4}, int8 {:.4} (change {:+.4}); masks agree \
+             on {:.3} % of pixels; max |p_fp32 - p_int8| {:.3}; int8 lesion fraction {:.4}",
+            c.slices,
+            c.dice_fp32,
+            c.dice_int8,
+            c.dice_int8 - c.dice_fp32,
+            100.0 * c.mask_agreement,
+            c.max_abs_diff,
+            c.int8_lesion_fraction
+        );
+    }
+    Ok(())
+}
+
 fn run_eval(a: EvalArgs) -> Result<()> {
     let mut slices = read_labelled(&a.data.data, a.data.target)?;
     if let Some(split) = &a.split {
@@ -306,6 +362,7 @@ fn main() {
     let result = match cli.command {
         Command::Train(a) => run_train(a),
         Command::Export(a) => run_export(a),
+        Command::Quantize(a) => run_quantize(a),
         Command::Eval(a) => run_eval(a),
         Command::Send(a) => run_send(a),
         Command::Demo(a) => run_demo(a),

@@ -5,7 +5,11 @@ test, and compares with tract's probabilities from the same run.
 
 usage: ort_check.py MODEL.onnx PLANES.f32 TRACT.f32 SIDE
 (PLANES and TRACT hold N x SIDE x SIDE little-endian float32 values.)
-Prints one line 'onnxruntime max |ort - tract| = X over N planes' and exits 1 above 1e-4.
+Prints one line 'onnxruntime max |ort - tract| = X over N planes'.
+fp32 models: exits 1 above 1e-4.
+int8 models (tvunet.precision = int8): the two engines may round a requantisation differently,
+which moves a probability by a level or two; exits 1 when the masks at the model's threshold
+agree on less than 99.5 % of pixels or a probability differs by more than 0.15.
 """
 
 import sys
@@ -28,11 +32,18 @@ def main() -> int:
     tract = np.fromfile(tract_path, dtype="<f4").reshape(-1, 1, 1, side, side)
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    worst = 0.0
+    threshold = float(meta["tvunet.threshold"])
+    worst, same, total = 0.0, 0, 0
     for plane, expected in zip(planes, tract):
         got = session.run(None, {name: plane})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
-    print(f"onnxruntime max |ort - tract| = {worst:.3e} over {len(planes)} planes")
+        same += int(((got >= threshold) == (expected >= threshold)).sum())
+        total += got.size
+    agreement = same / total
+    print(f"onnxruntime max |ort - tract| = {worst:.3e} over {len(planes)} planes, "
+          f"masks agree on {100 * agreement:.3f} % of pixels")
+    if meta.get("tvunet.precision") == "int8":
+        return 0 if agreement >= 0.995 and worst <= 0.15 else 1
     return 0 if worst <= 1e-4 else 1
 
 

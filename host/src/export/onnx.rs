@@ -13,7 +13,7 @@ use super::folded::{FoldedBlock, FoldedConv, FoldedUNet};
 /// ONNX operator set the graph is written against.
 pub const OPSET: i64 = 13;
 
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
+pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,
@@ -22,11 +22,20 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
+pub fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
         i: v,
+        ..Default::default()
+    }
+}
+
+pub fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
         ..Default::default()
     }
 }
@@ -64,13 +73,13 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
 
 /// Accumulates nodes and initializers with readable dotted names.
 #[derive(Default)]
-struct Graph {
-    nodes: Vec<NodeProto>,
-    initializers: Vec<TensorProto>,
+pub struct Graph {
+    pub nodes: Vec<NodeProto>,
+    pub initializers: Vec<TensorProto>,
 }
 
 impl Graph {
-    fn node(
+    pub fn node(
         &mut self,
         op: &str,
         name: &str,
@@ -89,7 +98,7 @@ impl Graph {
         out
     }
 
-    fn weights(&mut self, name: &str, c: &FoldedConv, bias_len: usize) -> (String, String) {
+    pub fn weights(&mut self, name: &str, c: &FoldedConv, bias_len: usize) -> (String, String) {
         let (w, b) = (format!("{name}.weight"), format!("{name}.bias"));
         self.initializers.push(tensor_f32(&w, &c.dims, &c.weight));
         self.initializers.push(tensor_f32(&b, &[bias_len], &c.bias));
@@ -156,6 +165,12 @@ pub fn unet_to_onnx(net: &FoldedUNet, metadata: &[(String, String)]) -> ModelPro
     if let Some(sigmoid) = g.nodes.last_mut() {
         sigmoid.output = vec!["probability".into()];
     }
+    model(g, side, metadata)
+}
+
+/// Wraps a finished graph with input `slice` and output `probability` (both 1 x 1 x side x
+/// side, f32) into an opset-13 model carrying `metadata`.
+pub fn model(g: Graph, side: usize, metadata: &[(String, String)]) -> ModelProto {
     let graph = GraphProto {
         name: "tvunet".into(),
         node: g.nodes,

@@ -1,0 +1,535 @@
+//! `tvunet quantize`: an fp32 model written by `tvunet export` to an int8 model written for
+//! tract, calibrated on real unlabelled slices.
+//!
+//! The integer graph keeps the device's interface (a normalised f32 plane in, an f32
+//! probability map out) and is shaped the way tract runs integer convolutions best:
+//! - `QLinearConv` everywhere, i8 weights with one scale per tensor and zero point 0, u8
+//!   activations with zero point 0 after each ReLU, so the ReLU is the requantisation clamp;
+//! - the 2x2 stride-2 transposed convolutions as a 1x1 `QLinearConv` to 4x the channels
+//!   followed by `DepthToSpace` (CRD), which is the same arithmetic without an integer
+//!   transposed convolution;
+//! - max pooling directly on u8 (it commutes with a positive scale);
+//! - the skip concatenations in f32 between a `DequantizeLinear` and a `QuantizeLinear`
+//!   (standard ONNX has no quantised concat), and the 1x1 head plus sigmoid in f32, so the
+//!   threshold acts on a smooth probability rather than on 256 logit levels.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use prost::Message;
+use tract_onnx::pb::{tensor_proto::DataType, ModelProto, TensorProto};
+use tract_onnx::prelude::*;
+use tvunet_device::inference::keys;
+use tvunet_device::preprocess::{self, GraySlice};
+
+use crate::export::folded::{FoldedBlock, FoldedConv, FoldedUNet};
+use crate::export::onnx::{self, Graph};
+use crate::model::UNetConfig;
+
+/// How activation ranges are taken from the calibration slices.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum, serde::Serialize)]
+pub enum CalibrationMethod {
+    /// Largest and smallest value seen over all calibration slices.
+    Max,
+    /// Mean over slices of each slice's 0.01 % and 99.99 % quantiles: ignores rare outliers.
+    Percentile,
+}
+
+impl std::fmt::Display for CalibrationMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Max => "max",
+            Self::Percentile => "percentile-99.99",
+        })
+    }
+}
+
+/// Observed range of one activation tensor, in its real (f32) units.
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    min: f32,
+    max: f32,
+}
+
+/// Quantisation of one u8 activation tensor: real = scale x (q - zero_point).
+#[derive(Debug, Clone, Copy)]
+struct QParams {
+    scale: f32,
+    zero_point: u8,
+}
+
+impl QParams {
+    /// Covers `[min, max]` (always including 0) with 256 levels.
+    fn covering(r: Range) -> Self {
+        let (lo, hi) = (r.min.min(0.0), r.max.max(0.0));
+        let scale = ((hi - lo) / 255.0).max(1e-8);
+        let zero_point = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+        Self { scale, zero_point }
+    }
+
+    /// Non-negative tensors (after ReLU): zero point 0.
+    fn non_negative(r: Range) -> Self {
+        Self { scale: (r.max / 255.0).max(1e-8), zero_point: 0 }
+    }
+}
+
+/// What a quantisation wrote and measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuantizeSummary {
+    /// Calibration method.
+    pub method: String,
+    /// Calibration slices used.
+    pub calibration_slices: usize,
+    /// Bytes of the int8 file.
+    pub file_bytes: u64,
+    /// Bytes of the fp32 file it came from.
+    pub fp32_bytes: u64,
+}
+
+fn f32s(t: &TensorProto) -> Result<Vec<f32>> {
+    ensure!(t.data_type == DataType::Float as i32, "initializer {} is not f32", t.name);
+    if !t.raw_data.is_empty() {
+        Ok(t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    } else {
+        Ok(t.float_data.clone())
+    }
+}
+
+/// Rebuilds the folded network from an fp32 file written by `tvunet export`.
+fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
+    let props: HashMap<&str, &str> =
+        model.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+    if props.get(keys::PRECISION) != Some(&"fp32") {
+        bail!(
+            "the model's {} is {:?}: quantize starts from an fp32 model",
+            keys::PRECISION,
+            props.get(keys::PRECISION)
+        );
+    }
+    let input_size: u32 = props
+        .get(keys::INPUT_SIZE)
+        .context("no input size in the model metadata")?
+        .parse()
+        .context("input size in the model metadata")?;
+    let arch = props.get("tvunet.architecture").context("no tvunet.architecture metadata")?;
+    let words: Vec<&str> = arch.split_whitespace().collect();
+    let (depth, base) = match words.as_slice() {
+        ["unet", "depth", d, "base", b] => (d.parse()?, b.parse()?),
+        _ => bail!("tvunet.architecture `{arch}` is not `unet depth D base B`"),
+    };
+    let graph = model.graph.as_ref().context("model has no graph")?;
+    let init: HashMap<&str, &TensorProto> =
+        graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let conv = |name: &str| -> Result<FoldedConv> {
+        let w = init.get(format!("{name}.weight").as_str()).with_context(|| {
+            format!("no initializer {name}.weight: not a model written by tvunet export")
+        })?;
+        let b = init.get(format!("{name}.bias").as_str()).context(format!("no {name}.bias"))?;
+        ensure!(w.dims.len() == 4, "{name}.weight has {} dimensions, not 4", w.dims.len());
+        let d = |i: usize| w.dims[i] as usize;
+        Ok(FoldedConv { dims: [d(0), d(1), d(2), d(3)], weight: f32s(w)?, bias: f32s(b)? })
+    };
+    let block = |name: &str| -> Result<FoldedBlock> {
+        Ok(FoldedBlock(conv(&format!("{name}.conv1"))?, conv(&format!("{name}.conv2"))?))
+    };
+    Ok(FoldedUNet {
+        config: UNetConfig { depth, base, input_size },
+        down: (0..depth).map(|l| block(&format!("down{l}"))).collect::<Result<_>>()?,
+        bottom: block("bottom")?,
+        up: (0..depth)
+            .rev()
+            .map(|l| Ok((conv(&format!("up{l}.upsample"))?, block(&format!("up{l}"))?)))
+            .collect::<Result<_>>()?,
+        head: conv("head")?,
+    })
+}
+
+/// Names of the fp32 graph's tensors whose ranges the integer graph needs, in a fixed order.
+fn calibration_points(depth: usize) -> Vec<String> {
+    let mut names = vec!["slice".to_string()];
+    let block = |n: &str| vec![format!("{n}.conv1.relu.out"), format!("{n}.conv2.relu.out")];
+    for l in 0..depth {
+        names.extend(block(&format!("down{l}")));
+    }
+    names.extend(block("bottom"));
+    for l in (0..depth).rev() {
+        names.push(format!("up{l}.upsample.out"));
+        names.extend(block(&format!("up{l}")));
+    }
+    names
+}
+
+/// Reads every `.jpg`/`.png` in `dir` (sorted by name), keeps `count` spread evenly over the
+/// list, and refuses slices without contrast.
+pub fn calibration_slices(dir: &Path, count: usize) -> Result<Vec<(PathBuf, GraySlice)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading calibration folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            matches!(ext.as_str(), "jpg" | "jpeg" | "png")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .jpg or .png slices in calibration folder {}", dir.display());
+    }
+    let count = count.clamp(1, files.len());
+    let step = files.len() as f64 / count as f64;
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let path = files[(k as f64 * step) as usize].clone();
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let slice = GraySlice::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+        match slice.check_contrast() {
+            Ok(()) => out.push((path, slice)),
+            Err(e) => tracing::warn!("calibration slice {} skipped: {e}", path.display()),
+        }
+    }
+    Ok(out)
+}
+
+fn quantile(sorted: &[f32], q: f64) -> f32 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Runs the fp32 model in tract with every calibration point as an output and collects ranges.
+fn calibrate(
+    fp32: &[u8],
+    side: usize,
+    points: &[String],
+    slices: &[(PathBuf, GraySlice)],
+    method: CalibrationMethod,
+) -> Result<HashMap<String, Range>> {
+    let mut model = tract_onnx::onnx().model_for_read(&mut &fp32[..])?;
+    model.select_outputs_by_name(points)?;
+    let plan = model
+        .with_input_fact(0, f32::fact([1, 1, side, side]).into())?
+        .into_optimized()?
+        .into_runnable()?;
+    let mut per_slice: Vec<Vec<Range>> = vec![Vec::new(); points.len()];
+    for (_, slice) in slices {
+        let plane = preprocess::model_input(slice, side as u32);
+        let input = tract_ndarray::Array4::from_shape_vec((1, 1, side, side), plane)?;
+        let outputs = plan.run(tvec!(Tensor::from(input).into()))?;
+        for (k, out) in outputs.iter().enumerate() {
+            let view = out.to_plain_array_view::<f32>()?;
+            let r = match method {
+                CalibrationMethod::Max => view.iter().fold(
+                    Range { min: f32::INFINITY, max: f32::NEG_INFINITY },
+                    |r, &v| Range { min: r.min.min(v), max: r.max.max(v) },
+                ),
+                CalibrationMethod::Percentile => {
+                    let mut v: Vec<f32> = view.iter().copied().collect();
+                    v.sort_unstable_by(f32::total_cmp);
+                    Range { min: quantile(&v, 1e-4), max: quantile(&v, 1.0 - 1e-4) }
+                }
+            };
+            per_slice[k].push(r);
+        }
+    }
+    Ok(points
+        .iter()
+        .zip(per_slice)
+        .map(|(name, rs)| {
+            let r = match method {
+                CalibrationMethod::Max => {
+                    rs.iter().fold(Range { min: f32::INFINITY, max: f32::NEG_INFINITY }, |a, r| {
+                        Range { min: a.min.min(r.min), max: a.max.max(r.max) }
+                    })
+                }
+                CalibrationMethod::Percentile => Range {
+                    min: rs.iter().map(|r| r.min).sum::<f32>() / rs.len() as f32,
+                    max: rs.iter().map(|r| r.max).sum::<f32>() / rs.len() as f32,
+                },
+            };
+            (name.clone(), r)
+        })
+        .collect())
+}
+
+fn scalar(name: &str, dt: DataType, raw: Vec<u8>) -> TensorProto {
+    TensorProto { name: name.into(), data_type: dt as i32, raw_data: raw, ..Default::default() }
+}
+
+/// Adds a scale / zero-point pair of initializers and returns their names.
+fn qparam_inputs(g: &mut Graph, name: &str, q: QParams) -> (String, String) {
+    let (s, z) = (format!("{name}.scale"), format!("{name}.zero_point"));
+    g.initializers.push(scalar(&s, DataType::Float, q.scale.to_le_bytes().to_vec()));
+    g.initializers.push(scalar(&z, DataType::Uint8, vec![q.zero_point]));
+    (s, z)
+}
+
+/// The graph writer's state: the tensor name and quantisation of the current activation.
+#[derive(Clone)]
+struct QTensor {
+    name: String,
+    q: QParams,
+}
+
+struct Writer<'a> {
+    g: Graph,
+    ranges: &'a HashMap<String, Range>,
+}
+
+impl Writer<'_> {
+    fn range(&self, point: &str) -> Result<Range> {
+        self.ranges.get(point).copied().with_context(|| format!("no range for {point}"))
+    }
+
+    /// `QLinearConv` with per-tensor symmetric i8 weights; output quantised with `out`.
+    fn qconv(
+        &mut self,
+        name: &str,
+        x: &QTensor,
+        weight: &[f32],
+        dims: [usize; 4],
+        bias: &[f32],
+        out: QParams,
+    ) -> QTensor {
+        let w_max = weight.iter().fold(0f32, |m, w| m.max(w.abs())).max(1e-12);
+        let w_scale = w_max / 127.0;
+        let w_q: Vec<u8> =
+            weight.iter().map(|w| (w / w_scale).round().clamp(-127.0, 127.0) as i8 as u8).collect();
+        let acc_scale = x.q.scale * w_scale;
+        let b_q: Vec<u8> = bias
+            .iter()
+            .flat_map(|b| ((f64::from(*b) / f64::from(acc_scale)).round() as i32).to_le_bytes())
+            .collect();
+        let (xs, xz) = qparam_inputs(&mut self.g, &format!("{name}.x"), x.q);
+        let (ys, yz) = qparam_inputs(&mut self.g, &format!("{name}.y"), out);
+        let (w, ws, wz, b) = (
+            format!("{name}.weight"),
+            format!("{name}.weight.scale"),
+            format!("{name}.weight.zero_point"),
+            format!("{name}.bias"),
+        );
+        self.g.initializers.push(TensorProto {
+            name: w.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int8 as i32,
+            raw_data: w_q,
+            ..Default::default()
+        });
+        self.g.initializers.push(scalar(&ws, DataType::Float, w_scale.to_le_bytes().to_vec()));
+        self.g.initializers.push(scalar(&wz, DataType::Int8, vec![0]));
+        self.g.initializers.push(TensorProto {
+            name: b.clone(),
+            dims: vec![dims[0] as i64],
+            data_type: DataType::Int32 as i32,
+            raw_data: b_q,
+            ..Default::default()
+        });
+        let pad = (dims[2] / 2) as i64;
+        let attrs = vec![
+            onnx::ints("kernel_shape", &[dims[2] as i64, dims[3] as i64]),
+            onnx::ints("pads", &[pad, pad, pad, pad]),
+            onnx::ints("strides", &[1, 1]),
+        ];
+        let y = self.g.node(
+            "QLinearConv",
+            name,
+            &[&x.name, &xs, &xz, &w, &ws, &wz, &ys, &yz, &b],
+            attrs,
+        );
+        QTensor { name: y, q: out }
+    }
+
+    /// conv + ReLU: the ReLU is the u8 clamp of an output with zero point 0.
+    fn qconv_relu(&mut self, name: &str, x: &QTensor, c: &FoldedConv) -> Result<QTensor> {
+        let out = QParams::non_negative(self.range(&format!("{name}.relu.out"))?);
+        Ok(self.qconv(name, x, &c.weight, c.dims, &c.bias, out))
+    }
+
+    fn block(&mut self, name: &str, x: &QTensor, b: &FoldedBlock) -> Result<QTensor> {
+        let y = self.qconv_relu(&format!("{name}.conv1"), x, &b.0)?;
+        self.qconv_relu(&format!("{name}.conv2"), &y, &b.1)
+    }
+
+    fn dequantize(&mut self, name: &str, x: &QTensor) -> String {
+        let (s, z) = qparam_inputs(&mut self.g, name, x.q);
+        self.g.node("DequantizeLinear", name, &[&x.name, &s, &z], vec![])
+    }
+
+    fn quantize(&mut self, name: &str, x: &str, q: QParams) -> QTensor {
+        let (s, z) = qparam_inputs(&mut self.g, name, q);
+        QTensor { name: self.g.node("QuantizeLinear", name, &[x, &s, &z], vec![]), q }
+    }
+
+    /// 2x2 stride-2 transposed convolution as a 1x1 conv to 4 x out channels + DepthToSpace.
+    fn upsample(&mut self, name: &str, x: &QTensor, up: &FoldedConv) -> Result<QTensor> {
+        let [c_in, c_out, kh, kw] = up.dims;
+        ensure!(kh == 2 && kw == 2, "{name}: a {kh}x{kw} transposed convolution, not 2x2");
+        // CRD order: output channel co*4 + dy*2 + dx lands at (2i+dy, 2j+dx) of channel co.
+        let mut weight = vec![0f32; c_out * 4 * c_in];
+        let mut bias = vec![0f32; c_out * 4];
+        for ci in 0..c_in {
+            for co in 0..c_out {
+                for k in 0..4 {
+                    weight[(co * 4 + k) * c_in + ci] = up.weight[((ci * c_out + co) * 4) + k];
+                }
+            }
+        }
+        for co in 0..c_out {
+            for k in 0..4 {
+                bias[co * 4 + k] = up.bias[co];
+            }
+        }
+        let out = QParams::covering(self.range(&format!("{name}.out"))?);
+        let y = self.qconv(name, x, &weight, [c_out * 4, c_in, 1, 1], &bias, out);
+        let attrs = vec![onnx::int("blocksize", 2), onnx::string("mode", "CRD")];
+        let d2s = self.g.node("DepthToSpace", &format!("{name}.d2s"), &[&y.name], attrs);
+        Ok(QTensor { name: d2s, q: out })
+    }
+}
+
+/// Writes the integer model for `net` with activation `ranges`.
+fn integer_model(
+    net: &FoldedUNet,
+    ranges: &HashMap<String, Range>,
+    metadata: &[(String, String)],
+) -> Result<ModelProto> {
+    let mut w = Writer { g: Graph::default(), ranges };
+    let input = w.range("slice")?;
+    let reach = input.min.abs().max(input.max.abs());
+    let input_q = QParams { scale: (reach / 127.0).max(1e-8), zero_point: 128 };
+    let mut x = w.quantize("slice.quantize", "slice", input_q);
+    let mut skips = Vec::new();
+    for (level, b) in net.down.iter().enumerate() {
+        let y = w.block(&format!("down{level}"), &x, b)?;
+        let pooled = w.g.node(
+            "MaxPool",
+            &format!("down{level}.pool"),
+            &[&y.name],
+            vec![onnx::ints("kernel_shape", &[2, 2]), onnx::ints("strides", &[2, 2])],
+        );
+        x = QTensor { name: pooled, q: y.q };
+        skips.push(y);
+    }
+    x = w.block("bottom", &x, &net.bottom)?;
+    for (k, (up, b)) in net.up.iter().enumerate() {
+        let level = net.up.len() - 1 - k;
+        let name = format!("up{level}");
+        let u = w.upsample(&format!("{name}.upsample"), &x, up)?;
+        let skip = skips.pop().context("one skip per level")?;
+        let uf = w.dequantize(&format!("{name}.upsample.dequantize"), &u);
+        let sf = w.dequantize(&format!("{name}.skip.dequantize"), &skip);
+        let cat =
+            w.g.node("Concat", &format!("{name}.concat"), &[&uf, &sf], vec![onnx::int("axis", 1)]);
+        let ur = w.range(&format!("{name}.upsample.out"))?;
+        let sr = w.range(&format!("down{level}.conv2.relu.out"))?;
+        let both = Range { min: ur.min.min(sr.min), max: ur.max.max(sr.max) };
+        let cq = w.quantize(&format!("{name}.concat.quantize"), &cat, QParams::covering(both));
+        x = w.block(&name, &cq, b)?;
+    }
+    let features = w.dequantize("head.dequantize", &x);
+    let (hw, hb) = w.g.weights("head", &net.head, net.head.dims[0]);
+    let logits =
+        w.g.node("Conv", "head", &[&features, &hw, &hb], vec![onnx::ints("kernel_shape", &[1, 1])]);
+    w.g.node("Sigmoid", "probability", &[&logits], vec![]);
+    if let Some(sigmoid) = w.g.nodes.last_mut() {
+        sigmoid.output = vec!["probability".into()];
+    }
+    Ok(onnx::model(w.g, net.config.input_size as usize, metadata))
+}
+
+/// Quantizes the fp32 model at `model` into `out`, calibrating on `calib`.
+pub fn quantize(
+    model: &Path,
+    calib: &[(PathBuf, GraySlice)],
+    method: CalibrationMethod,
+    out: &Path,
+) -> Result<QuantizeSummary> {
+    let fp32 = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let proto = ModelProto::decode(&fp32[..])
+        .with_context(|| format!("{}: not an ONNX model", model.display()))?;
+    let net = folded_from_onnx(&proto).with_context(|| format!("{}", model.display()))?;
+    if calib.is_empty() {
+        bail!("no calibration slices");
+    }
+    let side = net.config.input_size as usize;
+    let points = calibration_points(net.config.depth);
+    let ranges = calibrate(&fp32, side, &points, calib, method)?;
+    for p in &points {
+        tracing::debug!(point = p.as_str(), min = ranges[p].min, max = ranges[p].max, "range");
+    }
+    let fp32_sha = tvunet_device::Segmenter::from_bytes(&fp32, "")?.sha256().to_string();
+    let mut metadata: Vec<(String, String)> = proto
+        .metadata_props
+        .iter()
+        .filter(|p| p.key != keys::PRECISION)
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
+    metadata.extend([
+        (keys::PRECISION.to_string(), "int8".to_string()),
+        ("tvunet.calibration".to_string(), format!("{method}, {} slices", calib.len())),
+        ("tvunet.fp32_sha256".to_string(), fp32_sha),
+    ]);
+    let bytes = integer_model(&net, &ranges, &metadata)?.encode_to_vec();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // The device's own loader is the first judge of the file.
+    tvunet_device::Segmenter::from_bytes(&bytes, &out.display().to_string())
+        .context("the int8 model does not load in tract")?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(QuantizeSummary {
+        method: method.to_string(),
+        calibration_slices: calib.len(),
+        file_bytes: bytes.len() as u64,
+        fp32_bytes: fp32.len() as u64,
+    })
+}
+
+/// fp32 against int8 on labelled slices, each at its own default threshold.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Agreement {
+    /// Slices compared.
+    pub slices: usize,
+    /// Pooled Dice of the fp32 model.
+    pub dice_fp32: f64,
+    /// Pooled Dice of the int8 model.
+    pub dice_int8: f64,
+    /// Fraction of pixels where the two masks agree.
+    pub mask_agreement: f64,
+    /// Largest |p_fp32 - p_int8| over all pixels.
+    pub max_abs_diff: f32,
+    /// Fraction of pixels the int8 model marks as lesion (0 means a collapsed model).
+    pub int8_lesion_fraction: f64,
+}
+
+/// Runs both models through the device's inference code on `slices`.
+pub fn compare(
+    fp32: &tvunet_device::Segmenter,
+    int8: &tvunet_device::Segmenter,
+    slices: &[crate::data::LabelledSlice],
+) -> Result<Agreement> {
+    use crate::metrics::Counts;
+    let (mut a, mut b) = (Counts::default(), Counts::default());
+    let (mut same, mut total, mut lesion, mut worst) = (0usize, 0usize, 0usize, 0f32);
+    let (ta, tb) = (fp32.meta().threshold, int8.meta().threshold);
+    for s in slices {
+        let pa = fp32.probability(&s.image)?;
+        let pb = int8.probability(&s.image)?;
+        a = a.merge(Counts::from_probability(&pa, &s.mask, ta));
+        b = b.merge(Counts::from_probability(&pb, &s.mask, tb));
+        for (x, y) in pa.iter().zip(&pb) {
+            same += usize::from((*x >= ta) == (*y >= tb));
+            lesion += usize::from(*y >= tb);
+            worst = worst.max((x - y).abs());
+        }
+        total += pa.len();
+    }
+    Ok(Agreement {
+        slices: slices.len(),
+        dice_fp32: a.dice(),
+        dice_int8: b.dice(),
+        mask_agreement: same as f64 / total.max(1) as f64,
+        max_abs_diff: worst,
+        int8_lesion_fraction: lesion as f64 / total.max(1) as f64,
+    })
+}
