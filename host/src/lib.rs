@@ -9,5 +9,6 @@ pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod pseudo;
 pub mod quantize;
 pub mod train;

@@ -27,6 +27,9 @@ enum Command {
     Export(ExportArgs),
     /// Quantize an exported fp32 model to int8 for tract, calibrated on unlabelled slices.
     Quantize(QuantizeArgs),
+    /// Pseudo-label unlabelled slices with a teacher model, keeping the confident ones, for
+    /// `train --extra-data`.
+    PseudoLabel(PseudoArgs),
     /// Evaluate a model file (fp32 or int8) on a labelled folder with the device's inference code.
     Eval(EvalArgs),
     /// Send slices to a device over TCP or a serial port; write masks, overlays and reports.
@@ -108,6 +111,34 @@ struct QuantizeArgs {
 }
 
 #[derive(Args)]
+struct PseudoArgs {
+    /// Teacher model (ONNX, run with the device's inference code).
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder of unlabelled slices (.jpg or .png).
+    #[arg(long)]
+    images: PathBuf,
+    /// Output folder (images/, masks_binary/, pseudo.csv).
+    #[arg(long)]
+    out: PathBuf,
+    /// Slices examined, spread evenly over the folder.
+    #[arg(long, default_value_t = 400)]
+    candidates: usize,
+    /// Slices kept at most, the most confident first.
+    #[arg(long, default_value_t = 200)]
+    keep: usize,
+    /// Only files whose name contains this text (for example one site).
+    #[arg(long)]
+    name_contains: Option<String>,
+    /// Largest uncertain share of the marked region (0..1) for a slice to be kept.
+    #[arg(long, default_value_t = 0.35)]
+    max_uncertain: f64,
+    /// Largest share of kept slices on which the teacher marks nothing.
+    #[arg(long, default_value_t = 0.2)]
+    max_empty_share: f64,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     /// ONNX model file.
     #[arg(long)]
@@ -186,6 +217,13 @@ struct TrainArgs {
     /// Epochs without validation-loss improvement before training stops.
     #[arg(long, default_value_t = 10)]
     early_stop_patience: usize,
+    /// Extra training slices, such as a folder written by `tvunet pseudo-label`; used for
+    /// training only, never for validation.
+    #[arg(long)]
+    extra_data: Option<PathBuf>,
+    /// Extra slices drawn into each epoch (default: as many as the labelled training part).
+    #[arg(long)]
+    extra_per_epoch: Option<usize>,
 }
 
 #[derive(Args)]
@@ -224,6 +262,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
         a.folds
     );
     let slices = read_labelled(&a.data.data, a.data.target)?;
+    let extra = match &a.extra_data {
+        Some(dir) => read_labelled(dir, a.data.target)
+            .with_context(|| format!("reading --extra-data {}", dir.display()))?,
+        None => Vec::new(),
+    };
+    let labelled_train = slices.len() - slices.len() / a.folds;
     let cfg = train::TrainConfig {
         unet: model::UNetConfig { depth: a.depth, base: a.base, input_size: a.input_size },
         target: a.data.target,
@@ -239,8 +283,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
         augment: data::Augment::default(),
         max_minutes: a.max_minutes,
         data_fingerprint: data::fingerprint(&slices),
+        extra_per_epoch: if extra.is_empty() {
+            0
+        } else {
+            a.extra_per_epoch.unwrap_or(labelled_train)
+        },
+        extra_fingerprint: if extra.is_empty() { String::new() } else { data::fingerprint(&extra) },
     };
-    train::train(&slices, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
+    train::train(&slices, &extra, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
     Ok(())
 }
 
@@ -291,6 +341,27 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             c.int8_lesion_fraction
         );
     }
+    Ok(())
+}
+
+fn run_pseudo(a: PseudoArgs) -> Result<()> {
+    let teacher = tvunet_device::Segmenter::load(&a.model)?;
+    let opts = tvunet::pseudo::PseudoOptions {
+        candidates: a.candidates,
+        keep: a.keep,
+        name_contains: a.name_contains,
+        max_uncertain: a.max_uncertain,
+        max_empty_share: a.max_empty_share,
+    };
+    let s = tvunet::pseudo::pseudo_label(&teacher, &a.images, &a.out, &opts)?;
+    println!(
+        "examined {} slices ({} refused), kept {} ({} with no lesion) in {}",
+        s.examined,
+        s.refused,
+        s.kept,
+        s.kept_empty,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -363,6 +434,7 @@ fn main() {
         Command::Train(a) => run_train(a),
         Command::Export(a) => run_export(a),
         Command::Quantize(a) => run_quantize(a),
+        Command::PseudoLabel(a) => run_pseudo(a),
         Command::Eval(a) => run_eval(a),
         Command::Send(a) => run_send(a),
         Command::Demo(a) => run_demo(a),

@@ -52,6 +52,13 @@ pub struct TrainConfig {
     pub max_minutes: f64,
     /// sha256 of the training slices and masks (see [`data::fingerprint`]).
     pub data_fingerprint: String,
+    /// Extra training slices (for example pseudo-labelled ones) drawn into each epoch beside
+    /// the labelled training part; never used for validation. 0 when there are none.
+    #[serde(default)]
+    pub extra_per_epoch: usize,
+    /// sha256 of the extra slices, empty when there are none.
+    #[serde(default)]
+    pub extra_fingerprint: String,
 }
 
 /// Progress of a run, written after every epoch so that `--resume` can continue it.
@@ -256,9 +263,11 @@ pub fn init_with_prior(cfg: &UNetConfig, prior: f64, device: &Device) -> UNet {
 }
 
 /// Trains on the training part of `split`, validating on the rest, writing checkpoints and logs
-/// into `dir`. With `resume`, continues from `dir`'s last checkpoint and state.
+/// into `dir`. Each epoch also draws `cfg.extra_per_epoch` slices from `extra` into training.
+/// With `resume`, continues from `dir`'s last checkpoint and state.
 pub fn train(
     slices: &[LabelledSlice],
+    extra: &[LabelledSlice],
     cfg: &TrainConfig,
     dir: &Path,
     resume: bool,
@@ -337,11 +346,19 @@ pub fn train(
         "training"
     );
 
-    let steps = train_set.len().div_ceil(cfg.batch_size);
+    let extra_per_epoch = cfg.extra_per_epoch.min(extra.len());
+    if extra_per_epoch > 0 {
+        tracing::info!(extra = extra.len(), per_epoch = extra_per_epoch, "extra training slices");
+    }
+    let steps = (train_set.len() + extra_per_epoch).div_ceil(cfg.batch_size);
     for epoch in state.epochs_done + 1..=cfg.epochs {
         let started = Instant::now();
         let mut rng = data::epoch_rng(cfg.seed, epoch);
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        let mut drawn: Vec<&LabelledSlice> = extra.iter().collect();
+        drawn.shuffle(&mut rng);
+        drawn.truncate(extra_per_epoch);
+        let epoch_set: Vec<&LabelledSlice> = train_set.iter().copied().chain(drawn).collect();
+        let mut order: Vec<usize> = (0..epoch_set.len()).collect();
         order.shuffle(&mut rng);
         let bar = ProgressBar::new(steps as u64).with_style(
             ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} steps, eta {eta}")
@@ -354,7 +371,7 @@ pub fn train(
                 .iter()
                 .map(|&i| {
                     data::augmented_example(
-                        train_set[i],
+                        epoch_set[i],
                         cfg.unet.input_size,
                         &cfg.augment,
                         &mut rng,
