@@ -9,7 +9,7 @@ demo:
 
 # The test suite, as CI runs it.
 test:
-    cargo test --workspace
+    cargo test --workspace --features tvunet-device/ort
 
 # Train the shipped recipe on the labelled slices.
 train out="runs/medseg" *args="":

@@ -1,4 +1,5 @@
-//! Loads an exported TV-UNet once with tract and segments slices with it.
+//! Loads an exported TV-UNet once and segments slices with it: tract by default, onnxruntime
+//! where the `ort` feature is built and the library is installed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -138,9 +139,36 @@ impl SliceReport {
     }
 }
 
+/// The engine that runs the network. Both run the same files and give the same masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// tract: pure Rust, cross-builds, nothing to install.
+    #[default]
+    Tract,
+    /// onnxruntime, loaded from `ORT_DYLIB_PATH` (cargo feature `ort`).
+    Ort,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Tract => "tract",
+            Engine::Ort => "ort",
+        })
+    }
+}
+
+enum Runner {
+    Tract(std::sync::Arc<TypedSimplePlan>),
+    #[cfg(feature = "ort")]
+    Ort(crate::ort_engine::OrtRunner),
+}
+
 /// A loaded, optimised model ready to segment slices. Cheap to share between threads.
 pub struct Segmenter {
-    plan: std::sync::Arc<TypedSimplePlan>,
+    runner: Runner,
+    engine: Engine,
     meta: ModelMeta,
     sha256: String,
     name: String,
@@ -152,10 +180,18 @@ impl Segmenter {
     /// # Errors
     /// See [`Segmenter::from_bytes`]; also [`ModelError::Read`] when the file cannot be read.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::load_with(path, Engine::Tract)
+    }
+
+    /// Loads an ONNX file for the given engine.
+    ///
+    /// # Errors
+    /// As [`Segmenter::load`]; [`ModelError::Prepare`] when the engine is not available.
+    pub fn load_with(path: &Path, engine: Engine) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path)
             .map_err(|source| ModelError::Read { path: path.display().to_string(), source })?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Self::from_bytes(&bytes, &name)
+        Self::from_bytes_with(&bytes, &name, engine)
     }
 
     /// Parses, checks and optimises an ONNX model held in memory.
@@ -164,6 +200,15 @@ impl Segmenter {
     /// [`ModelError::Parse`] for bytes that are not ONNX, the metadata errors of
     /// [`ModelMeta::from_props`], and [`ModelError::Prepare`] when tract cannot plan it.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, ModelError> {
+        Self::from_bytes_with(bytes, name, Engine::Tract)
+    }
+
+    /// Parses and checks a model held in memory and prepares it for `engine`.
+    ///
+    /// # Errors
+    /// As [`Segmenter::from_bytes`]; [`ModelError::Prepare`] when the engine is not built in
+    /// or its library cannot be loaded.
+    pub fn from_bytes_with(bytes: &[u8], name: &str, engine: Engine) -> Result<Self, ModelError> {
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
@@ -171,15 +216,26 @@ impl Segmenter {
         let props = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
         let meta = ModelMeta::from_props(props)?;
         let side = meta.input_size as usize;
-        let plan = onnx
-            .model_for_proto_model(&proto)
-            .and_then(|m| m.with_input_fact(0, f32::fact([1, 1, side, side]).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| ModelError::Prepare(format!("{e:#}")))?;
+        let runner = match engine {
+            Engine::Tract => Runner::Tract(
+                onnx.model_for_proto_model(&proto)
+                    .and_then(|m| m.with_input_fact(0, f32::fact([1, 1, side, side]).into()))
+                    .and_then(|m| m.into_optimized())
+                    .and_then(|m| m.into_runnable())
+                    .map_err(|e| ModelError::Prepare(format!("{e:#}")))?,
+            ),
+            #[cfg(feature = "ort")]
+            Engine::Ort => Runner::Ort(crate::ort_engine::OrtRunner::new(bytes)?),
+            #[cfg(not(feature = "ort"))]
+            Engine::Ort => {
+                return Err(ModelError::Prepare(
+                    "engine `ort` is not in this build (cargo feature `ort`)".into(),
+                ))
+            }
+        };
         let sha256 = format!("{:x}", Sha256::digest(bytes));
-        tracing::info!(name, side, threshold = meta.threshold, "model loaded");
-        Ok(Self { plan, meta, sha256, name: name.to_string() })
+        tracing::info!(name, side, threshold = meta.threshold, %engine, "model loaded");
+        Ok(Self { runner, engine, meta, sha256, name: name.to_string() })
     }
 
     /// The model's metadata.
@@ -190,6 +246,11 @@ impl Segmenter {
     /// sha256 of the model file, hex.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The engine running the network.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// File name the model was loaded from.
@@ -207,13 +268,26 @@ impl Segmenter {
     /// [`ModelError::Run`] when tract fails.
     pub fn probability_plane(&self, plane: &[f32]) -> Result<Vec<f32>, ModelError> {
         let side = self.meta.input_size as usize;
-        let input = Tensor::from_shape(&[1, 1, side, side], plane)
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let out =
-            self.plan.run(tvec!(input.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let view =
-            out[0].to_plain_array_view::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        Ok(view.iter().copied().collect())
+        if plane.len() != side * side {
+            return Err(ModelError::Run(format!(
+                "input plane has {} values, the model takes {side}x{side}",
+                plane.len()
+            )));
+        }
+        match &self.runner {
+            Runner::Tract(plan) => {
+                let input = Tensor::from_shape(&[1, 1, side, side], plane)
+                    .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+                let out =
+                    plan.run(tvec!(input.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+                let view = out[0]
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+                Ok(view.iter().copied().collect())
+            }
+            #[cfg(feature = "ort")]
+            Runner::Ort(ort) => ort.run(plane, side),
+        }
     }
 
     /// Probability map of a slice at the slice's own size.

@@ -5,10 +5,12 @@
 pub mod display;
 pub mod inference;
 pub mod link;
+#[cfg(feature = "ort")]
+pub mod ort_engine;
 pub mod postprocess;
 pub mod preprocess;
 pub mod protocol;
 
-pub use inference::{ModelError, ModelMeta, Segmenter, SliceReport};
+pub use inference::{Engine, ModelError, ModelMeta, Segmenter, SliceReport};
 pub use postprocess::{Lesion, LesionMask};
 pub use preprocess::{GraySlice, HuWindow, PixelSpacing, SliceError};

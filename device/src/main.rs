@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use tvunet_device::display::StatusDisplay;
 use tvunet_device::link::{self, LinkConfig, SerialServer, Service, TcpServer};
 use tvunet_device::protocol::{InferRequest, Limits, SliceData};
-use tvunet_device::{ModelError, PixelSpacing, Segmenter, SliceReport};
+use tvunet_device::{Engine, ModelError, PixelSpacing, Segmenter, SliceReport};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -53,6 +53,9 @@ struct ServeArgs {
     /// ONNX model file.
     #[arg(long)]
     model: PathBuf,
+    /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
+    #[arg(long, value_enum, default_value_t = Engine::Tract)]
+    engine: Engine,
     /// Serial device to serve, e.g. /dev/ttyUSB0.
     #[arg(long)]
     serial: Option<String>,
@@ -99,6 +102,9 @@ struct InferArgs {
     /// ONNX model file.
     #[arg(long)]
     model: PathBuf,
+    /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
+    #[arg(long, value_enum, default_value_t = Engine::Tract)]
+    engine: Engine,
     /// PNG or JPEG slices.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -141,8 +147,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_model(path: &Path) -> anyhow::Result<Segmenter> {
-    Segmenter::load(path).with_context(|| format!("loading model {}", path.display()))
+fn load_model(path: &Path, engine: Engine) -> anyhow::Result<Segmenter> {
+    Segmenter::load_with(path, engine)
+        .with_context(|| format!("loading model {} for engine {engine}", path.display()))
 }
 
 /// `PORT` alone means loopback.
@@ -155,7 +162,7 @@ fn tcp_address(text: &str) -> String {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = LinkConfig { limits: args.limits.limits()?, ..LinkConfig::default() };
-    let segmenter = Arc::new(load_model(&args.model)?);
+    let segmenter = Arc::new(load_model(&args.model, args.engine)?);
     let display = Arc::new(StatusDisplay::new(segmenter.name(), args.display_png.clone()));
     let service = Arc::new(Service::new(segmenter, config)?.with_observer(display));
     let mut stdout = std::io::stdout();
@@ -192,7 +199,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<ExitCode> {
     limits.check()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output directory {}", args.out.display()))?;
-    let segmenter = load_model(&args.model)?;
+    let segmenter = load_model(&args.model, args.engine)?;
     let mut failed = 0usize;
     for file in &args.files {
         match infer_one(&segmenter, file, args, &limits) {

@@ -96,10 +96,17 @@ fn bootstrap(per_slice: &[Counts], stat: impl Fn(&[Counts]) -> f64) -> Interval 
     Interval { low: percentile(&values, 0.025), high: percentile(&values, 0.975) }
 }
 
-/// Runs `model` over `slices` and writes `report.json`, `sweep.csv` and `pr.png` into `out`.
-pub fn evaluate(model: &Path, slices: &[LabelledSlice], data: &Path, out: &Path) -> Result<Report> {
+/// Runs `model` with `engine` over `slices` and writes `report.json`, `sweep.csv` and `pr.png`
+/// into `out`.
+pub fn evaluate(
+    model: &Path,
+    engine: tvunet_device::Engine,
+    slices: &[LabelledSlice],
+    data: &Path,
+    out: &Path,
+) -> Result<Report> {
     anyhow::ensure!(!slices.is_empty(), "no slices to evaluate in {}", data.display());
-    let segmenter = Segmenter::load(model)?;
+    let segmenter = Segmenter::load_with(model, engine)?;
     let probs: Vec<Vec<f32>> = slices
         .iter()
         .map(|s| segmenter.probability(&s.image))

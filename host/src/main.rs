@@ -151,6 +151,9 @@ struct EvalArgs {
     /// Evaluate only the validation ids of this run's split.json (slices the run never trained on).
     #[arg(long)]
     split: Option<PathBuf>,
+    /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
+    #[arg(long, value_enum, default_value_t = tvunet_device::Engine::Tract)]
+    engine: tvunet_device::Engine,
 }
 
 #[derive(Args)]
@@ -383,7 +386,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
              model card's split, for the held-out part)"
         );
     }
-    let r = eval::evaluate(&a.model, &slices, &a.data.data, &a.out)?;
+    let r = eval::evaluate(&a.model, a.engine, &slices, &a.data.data, &a.out)?;
     let d = &r.at_default;
     println!(
         "{} slices, threshold {:.2}: dice pooled {:.3} [{:.3}, {:.3}], mean per slice {:.3} \
