@@ -193,8 +193,10 @@ pub fn calibration_slices(dir: &Path, count: usize) -> Result<Vec<(PathBuf, Gray
     Ok(out)
 }
 
-fn quantile(sorted: &[f32], q: f64) -> f32 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+/// The `q` quantile of `values` (reordered in place), by selection rather than a full sort.
+fn quantile(values: &mut [f32], q: f64) -> f32 {
+    let k = ((values.len() - 1) as f64 * q).round() as usize;
+    *values.select_nth_unstable_by(k, f32::total_cmp).1
 }
 
 /// Runs the fp32 model in tract with every calibration point as an output and collects ranges.
@@ -225,8 +227,7 @@ fn calibrate(
                 ),
                 CalibrationMethod::Percentile => {
                     let mut v: Vec<f32> = view.iter().copied().collect();
-                    v.sort_unstable_by(f32::total_cmp);
-                    Range { min: quantile(&v, 1e-4), max: quantile(&v, 1.0 - 1e-4) }
+                    Range { min: quantile(&mut v, 1e-4), max: quantile(&mut v, 1.0 - 1e-4) }
                 }
             };
             per_slice[k].push(r);
@@ -532,4 +533,28 @@ pub fn compare(
         max_abs_diff: worst,
         int8_lesion_fraction: lesion as f64 / total.max(1) as f64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_by_selection_matches_sorting() {
+        let mut v: Vec<f32> = (0..1001).map(|i| ((i * 7919) % 1001) as f32).collect();
+        assert_eq!(quantile(&mut v, 0.0), 0.0);
+        assert_eq!(quantile(&mut v, 0.5), 500.0);
+        assert_eq!(quantile(&mut v, 1.0), 1000.0);
+    }
+
+    #[test]
+    fn activation_ranges_keep_zero_exact_and_cover_the_range() {
+        let q = QParams::covering(Range { min: -1.5, max: 4.0 });
+        let real = |v: u8| q.scale * (f32::from(v) - f32::from(q.zero_point));
+        assert_eq!(real(q.zero_point), 0.0);
+        assert!(real(0) <= -1.5 + q.scale && real(255) >= 4.0 - q.scale);
+        let r = QParams::non_negative(Range { min: 0.0, max: 2.55 });
+        assert_eq!(r.zero_point, 0);
+        assert!((r.scale - 0.01).abs() < 1e-6);
+    }
 }
