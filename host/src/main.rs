@@ -99,8 +99,9 @@ struct QuantizeArgs {
     /// Calibration slices, spread evenly over the folder's sorted file list.
     #[arg(long, default_value_t = 200)]
     calib_count: usize,
-    /// How ranges are taken from the calibration slices.
-    #[arg(long, value_enum, default_value_t = quantize::CalibrationMethod::Percentile)]
+    /// How ranges are taken from the calibration slices. `max` is the default by measurement:
+    /// pooled Dice change -0.0020 against -0.0047 for `percentile` on the 50 labelled slices.
+    #[arg(long, value_enum, default_value_t = quantize::CalibrationMethod::Max)]
     method: quantize::CalibrationMethod,
     /// Output int8 ONNX file.
     #[arg(long)]
@@ -184,8 +185,9 @@ struct TrainArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Weight of the total-variation term.
-    #[arg(long, default_value_t = 0.2)]
+    /// Weight of the total-variation term. Default 0: in the ablation on fold 0
+    /// (models/tvunet-medseg.md) lambda 0.5 gave no gain over 0 at equal recall.
+    #[arg(long, default_value_t = 0.0)]
     lambda_tv: f32,
     /// Seed for initialisation, split, order and augmentation.
     #[arg(long, default_value_t = 42)]
