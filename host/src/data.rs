@@ -388,6 +388,37 @@ fn bilinear(img: &[f32], n: usize, x: f32, y: f32) -> Option<f32> {
     Some(top * (1.0 - fy) + bottom * fy)
 }
 
+/// The `.jpg`, `.jpeg` and `.png` files directly in `dir` whose names contain `name_contains`
+/// (all when `None`), sorted by name, then `count` of them spread evenly over that list.
+///
+/// # Errors
+/// When `dir` cannot be read or holds no matching file.
+pub fn unlabelled_slices(
+    dir: &Path,
+    name_contains: Option<&str>,
+    count: usize,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            matches!(ext.as_str(), "jpg" | "jpeg" | "png")
+                && name_contains.is_none_or(|s| name.contains(s))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no matching .jpg or .png slices in {}", dir.display()),
+        ));
+    }
+    let count = count.clamp(1, files.len());
+    let step = files.len() as f64 / count as f64;
+    Ok((0..count).map(|k| files[(k as f64 * step) as usize].clone()).collect())
+}
+
 /// Random number generator for one epoch, derived from the run seed.
 pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))

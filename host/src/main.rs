@@ -335,8 +335,9 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
         let slices = read_labelled(dir, target)?;
         let c = quantize::compare(&fp32, &int8, &slices)?;
         println!(
-            "on {} labelled slices: pooled Dice fp32 {:.4}, int8 {:.4} (change {:+.4}); masks agree \
-             on {:.3} % of pixels; max |p_fp32 - p_int8| {:.3}; int8 lesion fraction {:.4}",
+            "on {} labelled slices: pooled Dice fp32 {:.4}, int8 {:.4} (change {:+.4}); \
+             masks agree on {:.3} % of pixels; max |p_fp32 - p_int8| {:.3}; \
+             int8 lesion fraction {:.4}",
             c.slices,
             c.dice_fp32,
             c.dice_int8,

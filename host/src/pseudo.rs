@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tvunet_device::preprocess::GraySlice;
 use tvunet_device::Segmenter;
 
@@ -57,22 +57,9 @@ pub fn pseudo_label(
     out: &Path,
     opts: &PseudoOptions,
 ) -> Result<PseudoSummary> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(images)
-        .with_context(|| format!("reading {}", images.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            matches!(ext.as_str(), "jpg" | "jpeg" | "png")
-                && opts.name_contains.as_deref().is_none_or(|s| name.contains(s))
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("no matching .jpg or .png slices in {}", images.display());
-    }
-    let n = opts.candidates.clamp(1, files.len());
-    let step = files.len() as f64 / n as f64;
+    let files =
+        crate::data::unlabelled_slices(images, opts.name_contains.as_deref(), opts.candidates)
+            .with_context(|| format!("reading {}", images.display()))?;
     let threshold = teacher.meta().threshold;
     let (lo, hi) = (threshold - UNCERTAIN_BAND, threshold + UNCERTAIN_BAND);
     std::fs::create_dir_all(out.join("images"))?;
@@ -80,8 +67,7 @@ pub fn pseudo_label(
     let mut csv = std::fs::File::create(out.join("pseudo.csv"))?;
     writeln!(csv, "file,lesion_px,uncertain_share,kept")?;
     let (mut scored, mut refused) = (Vec::new(), 0usize);
-    for k in 0..n {
-        let path = files[(k as f64 * step) as usize].clone();
+    for path in files {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let slice = match GraySlice::decode(&bytes).and_then(|s| s.check_contrast().map(|()| s)) {
             Ok(s) => s,

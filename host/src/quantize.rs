@@ -166,23 +166,10 @@ fn calibration_points(depth: usize) -> Vec<String> {
 /// Reads every `.jpg`/`.png` in `dir` (sorted by name), keeps `count` spread evenly over the
 /// list, and refuses slices without contrast.
 pub fn calibration_slices(dir: &Path, count: usize) -> Result<Vec<(PathBuf, GraySlice)>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading calibration folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            matches!(ext.as_str(), "jpg" | "jpeg" | "png")
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("no .jpg or .png slices in calibration folder {}", dir.display());
-    }
-    let count = count.clamp(1, files.len());
-    let step = files.len() as f64 / count as f64;
-    let mut out = Vec::with_capacity(count);
-    for k in 0..count {
-        let path = files[(k as f64 * step) as usize].clone();
+    let files = crate::data::unlabelled_slices(dir, None, count)
+        .with_context(|| format!("reading calibration folder {}", dir.display()))?;
+    let mut out = Vec::with_capacity(files.len());
+    for path in files {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let slice = GraySlice::decode(&bytes).with_context(|| format!("{}", path.display()))?;
         match slice.check_contrast() {
