@@ -19,6 +19,15 @@ train out="runs/medseg" *args="":
 export run="runs/medseg" out=model:
     cargo run -p tvunet -- export --checkpoint {{run}} --out {{out}}
 
+# Quantize a model to int8 for tract, calibrated on real unlabelled slices, checked on labelled ones.
+quantize m=model out="models/tvunet-medseg.int8.onnx":
+    cargo run -p tvunet -- quantize --model {{m}} --calib ../shared/data/unlabeled/images --out {{out}} --check {{data}}
+
+# Device latency (tract) and the same file in onnxruntime.
+bench m=model:
+    cargo bench -p tvunet-device --bench latency -- {{justfile_directory()}}/{{m}}
+    python3 bench/ort.py {{m}}
+
 # Evaluate a model file through the device's inference code.
 eval m=model dir=data out="out/eval":
     cargo run -p tvunet -- eval --model {{m}} --data {{dir}} --out {{out}}
