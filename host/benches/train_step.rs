@@ -1,7 +1,8 @@
 //! Seconds per training step of the TV-UNet recipe (forward, loss, backward, Adam) on the
 //! burn backends this build has, on real MedSeg slices.
 //!
-//! `cargo bench -p tvunet --bench train_step [-- --steps N --batch B --size S --base C]`
+//! `cargo bench -p tvunet --bench train_step [-- --steps N --batch B --size S --base C
+//! --backend flex|cpu|cuda|wgpu]` (a backend other than flex needs its cargo feature)
 //! prints the median and spread of N timed steps after two warm-up steps, and the split
 //! between forward and backward+update.
 
@@ -11,9 +12,10 @@ use std::time::Instant;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use clap::ValueEnum;
 use tvunet::data::{self, Augment, Target};
 use tvunet::model::UNetConfig;
-use tvunet::train::{init_with_prior, loss};
+use tvunet::train::{init_with_prior, loss, TrainBackend};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -40,7 +42,12 @@ fn main() {
     let mut rng = data::epoch_rng(7, 1);
     let side = size as usize;
 
-    let device = Device::flex().autodiff();
+    let backend = std::env::args()
+        .skip_while(|a| a != "--backend")
+        .nth(1)
+        .map_or(Ok(TrainBackend::Flex), |v| TrainBackend::from_str(&v, true))
+        .unwrap_or_else(|e| panic!("--backend: {e}"));
+    let device = backend.device().unwrap_or_else(|e| panic!("{e}")).autodiff();
     device.seed(7);
     let mut model = init_with_prior(&cfg, 0.03, &device);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
@@ -73,9 +80,10 @@ fn main() {
     let spread = total_s.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
         - total_s.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
-        "backend flex, batch {batch}, {size}x{size}, base {base}, depth 4, {} threads: \
+        "backend {}, batch {batch}, {size}x{size}, base {base}, depth 4, {} threads: \
          step median {t:.3} s (spread {spread:.3} s over {steps}), forward+loss {f:.3} s, \
          backward+Adam {:.3} s, {:.1} slices/s",
+        backend.name(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
             std::thread::available_parallelism().map_or(1, |n| n.get()).to_string()
         }),

@@ -376,6 +376,21 @@ pub fn augmented_example(
     Example { plane, target: mask }
 }
 
+/// A `window` x `window` square cut at a random place from a `side` x `side` example (plane and
+/// target from the same place). The plane keeps the normalisation of the whole slice, as at
+/// inference. A window as large as the slice returns the slice.
+pub fn random_window(example: &Example, side: u32, window: u32, rng: &mut StdRng) -> Example {
+    let (n, w) = (side as usize, window.min(side) as usize);
+    if w == n {
+        return example.clone();
+    }
+    let (x0, y0) = (rng.random_range(0..=n - w), rng.random_range(0..=n - w));
+    let cut = |v: &[f32]| -> Vec<f32> {
+        (y0..y0 + w).flat_map(|y| v[y * n + x0..y * n + x0 + w].iter().copied()).collect()
+    };
+    Example { plane: cut(&example.plane), target: cut(&example.target) }
+}
+
 fn bilinear(img: &[f32], n: usize, x: f32, y: f32) -> Option<f32> {
     if x < 0.0 || y < 0.0 || x > (n - 1) as f32 || y > (n - 1) as f32 {
         return None;
@@ -427,6 +442,29 @@ pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A window cuts plane and target at the same place, and a full-size window is the slice.
+    #[test]
+    fn window_cuts_plane_and_target_together() {
+        let side = 16u32;
+        let plane: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        let target: Vec<f32> = (0..256).map(|i| (i % 3) as f32).collect();
+        let whole = Example { plane, target };
+        let mut rng = epoch_rng(7, 1);
+        for _ in 0..20 {
+            let cut = random_window(&whole, side, 5, &mut rng);
+            assert_eq!((cut.plane.len(), cut.target.len()), (25, 25));
+            let first = cut.plane[0] as usize;
+            let (x0, y0) = (first % 16, first / 16);
+            assert!(x0 + 5 <= 16 && y0 + 5 <= 16, "window at {x0},{y0} leaves the slice");
+            for (k, (&p, &t)) in cut.plane.iter().zip(&cut.target).enumerate() {
+                let i = (y0 + k / 5) * 16 + x0 + k % 5;
+                assert_eq!((p, t), (i as f32, (i % 3) as f32), "pixel {k}");
+            }
+        }
+        let same = random_window(&whole, side, 16, &mut rng);
+        assert_eq!(same.plane, whole.plane);
+    }
 
     /// Splits are deterministic, disjoint and cover every id.
     #[test]

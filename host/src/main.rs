@@ -229,6 +229,16 @@ struct TrainArgs {
     /// Extra slices drawn into each epoch (default: as many as the labelled training part).
     #[arg(long)]
     extra_per_epoch: Option<usize>,
+    /// Train on random square windows of this side (pixels) cut from each augmented slice;
+    /// 0 = whole slices. Validation and the exported model still take whole slices.
+    #[arg(long, default_value_t = 0)]
+    crop: u32,
+    /// Windows per training slice per epoch (with --crop).
+    #[arg(long, default_value_t = 1)]
+    crops_per_slice: usize,
+    /// burn backend to train on; all but flex need the cargo feature of the same name.
+    #[arg(long, value_enum, default_value_t = train::TrainBackend::Flex)]
+    backend: train::TrainBackend,
 }
 
 #[derive(Args)]
@@ -294,6 +304,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
             a.extra_per_epoch.unwrap_or(labelled_train)
         },
         extra_fingerprint: if extra.is_empty() { String::new() } else { data::fingerprint(&extra) },
+        crop: a.crop,
+        crops_per_slice: a.crops_per_slice,
+        backend: a.backend,
     };
     train::train(&slices, &extra, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
     Ok(())

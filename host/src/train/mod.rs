@@ -1,6 +1,7 @@
 //! Training: the TV-UNet recipe (Adam, reduce-on-plateau, early stopping) with checkpoints, a
 //! per-epoch CSV and a validation-chosen threshold.
 
+mod backend;
 pub mod loss;
 
 use std::io::Write;
@@ -16,6 +17,8 @@ use burn::tensor::TensorData;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+
+pub use backend::{MissingBackend, TrainBackend};
 
 use crate::data::{self, Augment, Example, LabelledSlice, Split, Target};
 use crate::metrics::Counts;
@@ -59,6 +62,21 @@ pub struct TrainConfig {
     /// sha256 of the extra slices, empty when there are none.
     #[serde(default)]
     pub extra_fingerprint: String,
+    /// Side of the random square window cut from each augmented slice for training, pixels;
+    /// 0 trains on whole slices. Validation and inference always see whole slices: the network
+    /// is fully convolutional, and a smaller window buys more optimiser steps per minute.
+    #[serde(default)]
+    pub crop: u32,
+    /// Windows cut from each training slice per epoch (each with its own augmentation).
+    #[serde(default = "one")]
+    pub crops_per_slice: usize,
+    /// burn backend the run computes on; validation runs on the same backend.
+    #[serde(default)]
+    pub backend: TrainBackend,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Progress of a run, written after every epoch so that `--resume` can continue it.
@@ -188,12 +206,17 @@ struct Validation {
     counts: Counts,
 }
 
-fn validate(model: &UNet, val: &[Example], side: usize, lambda: f32) -> Validation {
-    let device = Device::flex();
-    let model = model.valid().to_device(&device);
+fn validate(
+    model: &UNet,
+    val: &[Example],
+    side: usize,
+    lambda: f32,
+    device: &Device,
+) -> Validation {
+    let model = model.valid().to_device(device);
     let (mut loss, mut counts) = (0.0, Counts::default());
     for chunk in val.chunks(4) {
-        let (x, y) = batch(chunk, side, &device);
+        let (x, y) = batch(chunk, side, device);
         let logits = model.forward(x);
         let parts = loss::tv_unet_loss(logits.clone(), y, lambda);
         loss += f64::from(parts.total.into_scalar::<f32>()) * chunk.len() as f64;
@@ -287,8 +310,10 @@ pub fn train(
     let side = cfg.unet.input_size as usize;
     let val: Vec<Example> = val_set.iter().map(|s| data::example(s, cfg.unet.input_size)).collect();
 
-    let device = Device::flex().autodiff();
+    let eval_device = cfg.backend.device()?;
+    let device = eval_device.clone().autodiff();
     device.seed(cfg.seed);
+    tracing::info!(backend = cfg.backend.name(), "training backend");
     let (mut model, mut state) = if resume {
         let state: RunState = read_json(&run.state())?;
         let saved: TrainConfig = run.read_config()?;
@@ -350,7 +375,12 @@ pub fn train(
     if extra_per_epoch > 0 {
         tracing::info!(extra = extra.len(), per_epoch = extra_per_epoch, "extra training slices");
     }
-    let steps = (train_set.len() + extra_per_epoch).div_ceil(cfg.batch_size);
+    let crop = if cfg.crop == 0 { cfg.unet.input_size } else { cfg.crop };
+    if crop > cfg.unet.input_size {
+        bail!("crop {crop} px is larger than the model input {} px", cfg.unet.input_size);
+    }
+    let per_slice = cfg.crops_per_slice.max(1);
+    let steps = ((train_set.len() + extra_per_epoch) * per_slice).div_ceil(cfg.batch_size);
     for epoch in state.epochs_done + 1..=cfg.epochs {
         let started = Instant::now();
         let mut rng = data::epoch_rng(cfg.seed, epoch);
@@ -358,7 +388,8 @@ pub fn train(
         drawn.shuffle(&mut rng);
         drawn.truncate(extra_per_epoch);
         let epoch_set: Vec<&LabelledSlice> = train_set.iter().copied().chain(drawn).collect();
-        let mut order: Vec<usize> = (0..epoch_set.len()).collect();
+        let mut order: Vec<usize> =
+            (0..epoch_set.len() * per_slice).map(|i| i % epoch_set.len()).collect();
         order.shuffle(&mut rng);
         let bar = ProgressBar::new(steps as u64).with_style(
             ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} steps, eta {eta}")
@@ -370,15 +401,16 @@ pub fn train(
             let examples: Vec<Example> = chunk
                 .iter()
                 .map(|&i| {
-                    data::augmented_example(
+                    let whole = data::augmented_example(
                         epoch_set[i],
                         cfg.unet.input_size,
                         &cfg.augment,
                         &mut rng,
-                    )
+                    );
+                    data::random_window(&whole, cfg.unet.input_size, crop, &mut rng)
                 })
                 .collect();
-            let (x, y) = batch(&examples, side, &device);
+            let (x, y) = batch(&examples, crop as usize, &device);
             let parts = loss::tv_unet_loss(model.forward(x), y, cfg.lambda_tv);
             let n = chunk.len() as f64;
             sum_bce += f64::from(parts.bce.into_scalar::<f32>()) * n;
@@ -391,7 +423,7 @@ pub fn train(
         }
         bar.finish_and_clear();
 
-        let v = validate(&model, &val, side, cfg.lambda_tv);
+        let v = validate(&model, &val, side, cfg.lambda_tv, &eval_device);
         let seconds = started.elapsed().as_secs_f64();
         state.wall_s += seconds;
         state.epochs_done = epoch;
