@@ -90,7 +90,7 @@ pub fn export(
         let side = cfg.unet.input_size;
         let planes: Vec<Vec<f32>> =
             parity_slices.iter().map(|s| preprocess::model_input(&s.image, side)).collect();
-        let burn_probs = train::predict_planes(&model, &planes, side as usize);
+        let burn_probs = train::predict_planes(&model, &planes, side as usize, &device);
         let mut worst = 0f32;
         for (plane, expected) in planes.iter().zip(&burn_probs) {
             let got = segmenter.probability_plane(plane)?;

@@ -1,7 +1,7 @@
 //! The burn backend a training run computes on. `flex` (pure Rust, always built) is the
 //! default; the others are cargo features of this crate because each pulls in a large stack:
-//! `cpu` (CubeCL kernels compiled through a bundled LLVM), `cuda` and `wgpu` for machines with
-//! a GPU.
+//! `cpu` (CubeCL kernels compiled through a bundled LLVM), `tch` (libtorch, for example the one
+//! inside a PyTorch wheel), `cuda` and `wgpu` for machines with a GPU.
 
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,9 @@ pub enum TrainBackend {
     Flex,
     /// burn-cpu: CubeCL kernels JIT-compiled through LLVM, with fusion (cargo feature `cpu`).
     Cpu,
+    /// libtorch on the CPU through tch (cargo feature `tch`; build with `LIBTORCH` or with
+    /// `LIBTORCH_USE_PYTORCH=1` in a Python environment that has the matching PyTorch).
+    Tch,
     /// CUDA on the first NVIDIA GPU (cargo feature `cuda`).
     Cuda,
     /// wgpu on the GPU its adapter selection prefers (cargo feature `wgpu`).
@@ -37,6 +40,7 @@ impl TrainBackend {
         match self {
             Self::Flex => "flex",
             Self::Cpu => "cpu",
+            Self::Tch => "tch",
             Self::Cuda => "cuda",
             Self::Wgpu => "wgpu",
         }
@@ -51,6 +55,8 @@ impl TrainBackend {
             Self::Flex => Ok(Device::flex()),
             #[cfg(feature = "cpu")]
             Self::Cpu => Ok(Device::cpu()),
+            #[cfg(feature = "tch")]
+            Self::Tch => Ok(Device::libtorch()),
             #[cfg(feature = "cuda")]
             Self::Cuda => Ok(Device::cuda(0usize)),
             #[cfg(feature = "wgpu")]

@@ -185,15 +185,19 @@ fn batch(examples: &[Example], side: usize, device: &Device) -> (Tensor<4>, Tens
 }
 
 /// Probability maps of a trained model (evaluation mode), at model size, for prepared planes.
-pub fn predict_planes(model: &UNet, planes: &[Vec<f32>], side: usize) -> Vec<Vec<f32>> {
-    let device = Device::flex();
-    let model = model.valid().to_device(&device);
+pub fn predict_planes(
+    model: &UNet,
+    planes: &[Vec<f32>],
+    side: usize,
+    device: &Device,
+) -> Vec<Vec<f32>> {
+    let model = model.valid().to_device(device);
     planes
         .chunks(4)
         .flat_map(|chunk| {
             let n = chunk.len();
             let flat: Vec<f32> = chunk.iter().flat_map(|p| p.iter().copied()).collect();
-            let x = Tensor::from_data(TensorData::new(flat, [n, 1, side, side]), &device);
+            let x = Tensor::from_data(TensorData::new(flat, [n, 1, side, side]), device);
             let p: Vec<f32> =
                 sigmoid(model.forward(x)).into_data().try_to_vec().expect("f32 output");
             p.chunks(side * side).map(<[f32]>::to_vec).collect::<Vec<_>>()
@@ -516,11 +520,11 @@ pub fn train(
     }
 
     // The default threshold is chosen on validation slices only.
-    let (_, best) = run.load_model(true, &Device::flex())?;
+    let (_, best) = run.load_model(true, &eval_device)?;
     let planes: Vec<Vec<f32>> = val.iter().map(|e| e.plane.clone()).collect();
     let truths: Vec<Vec<u8>> =
         val.iter().map(|e| e.target.iter().map(|&t| u8::from(t > 0.5)).collect()).collect();
-    let probs = predict_planes(&best, &planes, side);
+    let probs = predict_planes(&best, &planes, side, &eval_device);
     let (threshold, dice) = choose_threshold(&probs, &truths);
     write_json(
         &run.threshold(),
