@@ -34,8 +34,9 @@ class UNet(nn.Module):
         ch = [base * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(block(1 if i == 0 else ch[i - 1], ch[i]) for i in range(depth))
         self.bottom = block(ch[depth - 1], ch[depth])
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * ch[i], ch[i], 2, stride=2) for i in reversed(range(depth)))
-        self.blocks = nn.ModuleList(block(2 * ch[i], ch[i]) for i in reversed(range(depth)))
+        levels = list(reversed(range(depth)))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * ch[i], ch[i], 2, stride=2) for i in levels)
+        self.blocks = nn.ModuleList(block(2 * ch[i], ch[i]) for i in levels)
         self.head = nn.Conv2d(base, 1, 1)
         self.pool = nn.MaxPool2d(2)
 
@@ -72,7 +73,8 @@ def main() -> None:
         started = time.perf_counter()
         logits = model(x)
         p = torch.sigmoid(logits)
-        tv = (p[..., 1:, :] - p[..., :-1, :]).abs().mean() + (p[..., :, 1:] - p[..., :, :-1]).abs().mean()
+        tv_rows = (p[..., 1:, :] - p[..., :-1, :]).abs().mean()
+        tv = tv_rows + (p[..., :, 1:] - p[..., :, :-1]).abs().mean()
         loss = bce(logits, y) + 0.3 * tv
         loss.item()
         forward = time.perf_counter() - started
