@@ -15,6 +15,11 @@ test:
 train out="runs/medseg" *args="":
     cargo run -p tvunet -- train --data {{data}} --out {{out}} {{args}}
 
+# k-fold cross-validation of a training recipe, two folds side by side (see bench/cv.sh).
+cv out="runs/cv" folds="5" *args="":
+    cargo build --release -p tvunet
+    bench/cv.sh {{out}} {{folds}} 2 -- {{args}}
+
 # Export a run to ONNX (parity-checked against tract).
 export run="runs/medseg" out=model:
     cargo run -p tvunet -- export --checkpoint {{run}} --out {{out}}
