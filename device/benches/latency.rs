@@ -1,8 +1,9 @@
 //! Latency of the device on real slices: model load, bare inference (preprocess, tract, threshold,
 //! lesions) and the whole request over loopback TCP, as medians over repeated runs.
 //!
-//! Run: `cargo bench -p tvunet-device --profile dev --bench latency [-- MODEL [ITERATIONS]]`
-//! (the dev profile builds dependencies fully optimised).
+//! Run: `cargo bench -p tvunet-device --bench latency [-- MODEL [ITERATIONS] [--threads=N]]`.
+//! With `--threads=N` every figure is taken with N cores per inference (tract's multithreaded
+//! matrix products).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let model = args.first().map(PathBuf::from).unwrap_or(root.join("models/tvunet-medseg.onnx"));
     let iterations: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let threads: usize = std::env::args()
+        .find_map(|a| a.strip_prefix("--threads=").map(|n| n.parse().expect("--threads=N")))
+        .unwrap_or(1);
+    tvunet_device::inference::set_threads(threads).unwrap();
     let images = root.join("tests/fixtures/medseg/images");
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).collect();
@@ -101,7 +106,10 @@ fn main() {
         side
     );
     println!("load             median {:8.2} ms", ms(median(loads)));
-    println!("network only     median {:8.2} ms  (tract, 1 x 1 x {side} x {side})", ms(net_m));
+    println!(
+        "network only     median {:8.2} ms  (tract, 1 x 1 x {side} x {side}, {threads} thread(s))",
+        ms(net_m)
+    );
     println!(
         "slice, bare      median {:8.2} ms  (decode excluded; resize, tract, threshold, lesions)",
         ms(bare_m)

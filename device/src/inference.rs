@@ -159,6 +159,35 @@ impl std::fmt::Display for Engine {
     }
 }
 
+/// Threads a single inference may use, for both engines; 1 unless [`set_threads`] was called.
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Lets each inference use `threads` cores: tract's matrix products run on a pool of that many
+/// threads, and onnxruntime sessions created afterwards get as many intra-op threads. Call it
+/// before loading models; 1 (the default) keeps everything on the calling thread.
+///
+/// # Errors
+/// [`ModelError::Prepare`] for 0 threads.
+pub fn set_threads(threads: usize) -> Result<(), ModelError> {
+    use tract_onnx::prelude::tract_linalg::multithread::{set_default_executor, Executor};
+    if threads == 0 {
+        return Err(ModelError::Prepare("threads: 0 given, at least 1 is needed".into()));
+    }
+    THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
+    set_default_executor(if threads == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
+    });
+    tracing::info!(threads, "inference threads");
+    Ok(())
+}
+
+/// Threads a single inference may use (see [`set_threads`]).
+pub fn threads() -> usize {
+    THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 enum Runner {
     Tract(std::sync::Arc<TypedSimplePlan>),
     #[cfg(feature = "ort")]

@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = Engine::Tract)]
     engine: Engine,
+    /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Serial device to serve, e.g. /dev/ttyUSB0.
     #[arg(long)]
     serial: Option<String>,
@@ -105,6 +108,9 @@ struct InferArgs {
     /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = Engine::Tract)]
     engine: Engine,
+    /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// PNG or JPEG slices.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -147,7 +153,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_model(path: &Path, engine: Engine) -> anyhow::Result<Segmenter> {
+fn load_model(path: &Path, engine: Engine, threads: usize) -> anyhow::Result<Segmenter> {
+    tvunet_device::inference::set_threads(threads).context("--threads")?;
     Segmenter::load_with(path, engine)
         .with_context(|| format!("loading model {} for engine {engine}", path.display()))
 }
@@ -162,7 +169,7 @@ fn tcp_address(text: &str) -> String {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = LinkConfig { limits: args.limits.limits()?, ..LinkConfig::default() };
-    let segmenter = Arc::new(load_model(&args.model, args.engine)?);
+    let segmenter = Arc::new(load_model(&args.model, args.engine, args.threads)?);
     let display = Arc::new(StatusDisplay::new(segmenter.name(), args.display_png.clone()));
     let service = Arc::new(Service::new(segmenter, config)?.with_observer(display));
     let mut stdout = std::io::stdout();
@@ -199,7 +206,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<ExitCode> {
     limits.check()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output directory {}", args.out.display()))?;
-    let segmenter = load_model(&args.model, args.engine)?;
+    let segmenter = load_model(&args.model, args.engine, args.threads)?;
     let mut failed = 0usize;
     for file in &args.files {
         match infer_one(&segmenter, file, args, &limits) {

@@ -34,7 +34,7 @@ fn environment() -> Result<&'static Environment, ModelError> {
         .map_err(|e| ModelError::Prepare(e.clone()))
 }
 
-/// One onnxruntime session on one thread (the device serves one slice per core).
+/// One onnxruntime session, on as many threads as [`crate::inference::threads`] says.
 pub struct OrtRunner {
     session: Mutex<Session>,
 }
@@ -46,7 +46,7 @@ impl OrtRunner {
         let prepare = |e: String| ModelError::Prepare(format!("onnxruntime: {e}"));
         let session = Session::builder(env)
             .map_err(|e| prepare(e.to_string()))?
-            .with_intra_threads(1)
+            .with_intra_threads(crate::inference::threads())
             .map_err(|e| prepare(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| prepare(e.to_string()))?

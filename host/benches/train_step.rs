@@ -64,7 +64,7 @@ fn main() {
         let started = Instant::now();
         let x = Tensor::from_data(TensorData::new(planes, [batch, 1, side, side]), &device);
         let y = Tensor::from_data(TensorData::new(targets, [batch, 1, side, side]), &device);
-        let parts = loss::tv_unet_loss(model.forward(x), y, 0.3);
+        let parts = loss::tv_unet_loss(model.forward(x), y, 0.3, 0.0);
         let _ = parts.total.clone().into_scalar::<f32>();
         let forward = started.elapsed().as_secs_f64();
         let grads = GradientsParams::from_grads(parts.total.backward(), &model);

@@ -189,6 +189,19 @@ struct TrainArgs {
     /// (models/tvunet-medseg.md) lambda 0.5 gave no gain over 0 at equal recall.
     #[arg(long, default_value_t = 0.0)]
     lambda_tv: f32,
+    /// Weight of a soft-Dice term (per slice) added to the loss; 0 = BCE + TV alone.
+    #[arg(long, default_value_t = 0.0)]
+    dice_weight: f32,
+    /// Learning-rate schedule: halve on a validation plateau (best epoch kept, early stop), or
+    /// a cosine decay over --epochs that does not look at validation (last epoch kept).
+    #[arg(long, value_enum, default_value_t = train::Schedule::Plateau)]
+    schedule: train::Schedule,
+    /// Train on every slice, the validation fold included: for the final model of a recipe
+    /// whose length and threshold were fixed by cross-validation. The fold is still scored
+    /// each epoch for the log, but chooses nothing: the last epoch is kept, no early stop,
+    /// no plateau cut, and no threshold is chosen (give `export --threshold`).
+    #[arg(long)]
+    all_slices: bool,
     /// Seed for initialisation, split, order and augmentation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -282,7 +295,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
             .with_context(|| format!("reading --extra-data {}", dir.display()))?,
         None => Vec::new(),
     };
-    let labelled_train = slices.len() - slices.len() / a.folds;
+    let labelled_train =
+        if a.all_slices { slices.len() } else { slices.len() - slices.len() / a.folds };
     let cfg = train::TrainConfig {
         unet: model::UNetConfig { depth: a.depth, base: a.base, input_size: a.input_size },
         target: a.data.target,
@@ -290,6 +304,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
         batch_size: a.batch_size,
         learning_rate: a.lr,
         lambda_tv: a.lambda_tv,
+        dice_weight: a.dice_weight,
+        schedule: a.schedule,
+        all_slices: a.all_slices,
         seed: a.seed,
         folds: a.folds,
         fold: a.fold,

@@ -39,6 +39,16 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Weight of the TV term.
     pub lambda_tv: f32,
+    /// Weight of the soft-Dice term (0 = BCE + TV alone, the paper's loss).
+    #[serde(default)]
+    pub dice_weight: f32,
+    /// How the learning rate moves over the run.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Whether the validation fold is trained on too (final model of a fixed recipe); the fold
+    /// then only appears in the log, and the last epoch is the kept checkpoint.
+    #[serde(default)]
+    pub all_slices: bool,
     /// Seed for initialisation, splits, shuffling and augmentation.
     pub seed: u64,
     /// Cross-validation folds.
@@ -79,6 +89,24 @@ fn one() -> usize {
     1
 }
 
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Halve after `plateau_patience` epochs without a lower validation loss.
+    #[default]
+    Plateau,
+    /// `lr x (1 + cos(pi x (epoch - 1) / epochs)) / 2` over a fixed length: blind to
+    /// validation, no early stop, and the last epoch is the kept checkpoint.
+    Cosine,
+}
+
+/// Learning rate of 1-based `epoch` of `epochs` under the cosine schedule.
+pub fn cosine_rate(initial: f64, epoch: usize, epochs: usize) -> f64 {
+    let t = (epoch.saturating_sub(1)) as f64 / epochs.max(1) as f64;
+    initial * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
 /// Progress of a run, written after every epoch so that `--resume` can continue it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunState {
@@ -108,6 +136,7 @@ pub struct EpochRow {
     pub train_loss: f64,
     pub train_bce: f64,
     pub train_tv: f64,
+    pub train_dice: f64,
     pub val_loss: f64,
     pub val_precision: f64,
     pub val_recall: f64,
@@ -214,7 +243,7 @@ fn validate(
     model: &UNet,
     val: &[Example],
     side: usize,
-    lambda: f32,
+    cfg: &TrainConfig,
     device: &Device,
 ) -> Validation {
     let model = model.valid().to_device(device);
@@ -222,7 +251,7 @@ fn validate(
     for chunk in val.chunks(4) {
         let (x, y) = batch(chunk, side, device);
         let logits = model.forward(x);
-        let parts = loss::tv_unet_loss(logits.clone(), y, lambda);
+        let parts = loss::tv_unet_loss(logits.clone(), y, cfg.lambda_tv, cfg.dice_weight);
         loss += f64::from(parts.total.into_scalar::<f32>()) * chunk.len() as f64;
         let p: Vec<f32> = sigmoid(logits).into_data().try_to_vec().expect("f32 output");
         for (probs, e) in p.chunks(side * side).zip(chunk) {
@@ -307,7 +336,11 @@ pub fn train(
     let pick = |names: &[String]| -> Vec<&LabelledSlice> {
         slices.iter().filter(|s| names.contains(&s.id)).collect()
     };
-    let (train_set, val_set) = (pick(&split.train), pick(&split.validation));
+    let (mut train_set, val_set) = (pick(&split.train), pick(&split.validation));
+    if cfg.all_slices {
+        train_set = slices.iter().collect();
+        tracing::info!("training on all slices; the validation fold is only logged");
+    }
     if train_set.is_empty() || val_set.is_empty() {
         bail!("split of {} slices into {} folds leaves an empty part", slices.len(), cfg.folds);
     }
@@ -332,7 +365,8 @@ pub fn train(
         write_json(&run.split(), &split)?;
         std::fs::write(
             run.epochs_csv(),
-            "epoch,learning_rate,train_loss,train_bce,train_tv,val_loss,val_precision,val_recall,val_dice,seconds\n",
+            "epoch,learning_rate,train_loss,train_bce,train_tv,val_loss,val_precision,val_recall,val_dice,\
+             seconds,train_soft_dice\n",
         )?;
         let state = RunState {
             epochs_done: 0,
@@ -387,6 +421,9 @@ pub fn train(
     let steps = ((train_set.len() + extra_per_epoch) * per_slice).div_ceil(cfg.batch_size);
     for epoch in state.epochs_done + 1..=cfg.epochs {
         let started = Instant::now();
+        if cfg.schedule == Schedule::Cosine {
+            state.learning_rate = cosine_rate(cfg.learning_rate, epoch, cfg.epochs);
+        }
         let mut rng = data::epoch_rng(cfg.seed, epoch);
         let mut drawn: Vec<&LabelledSlice> = extra.iter().collect();
         drawn.shuffle(&mut rng);
@@ -400,7 +437,8 @@ pub fn train(
                 .expect("valid template"),
         );
         bar.set_message(format!("{epoch}/{}", cfg.epochs));
-        let (mut sum_loss, mut sum_bce, mut sum_tv, mut seen) = (0.0, 0.0, 0.0, 0usize);
+        let (mut sum_loss, mut sum_bce, mut sum_tv, mut sum_dice) = (0.0, 0.0, 0.0, 0.0);
+        let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             let examples: Vec<Example> = chunk
                 .iter()
@@ -415,8 +453,9 @@ pub fn train(
                 })
                 .collect();
             let (x, y) = batch(&examples, crop as usize, &device);
-            let parts = loss::tv_unet_loss(model.forward(x), y, cfg.lambda_tv);
+            let parts = loss::tv_unet_loss(model.forward(x), y, cfg.lambda_tv, cfg.dice_weight);
             let n = chunk.len() as f64;
+            sum_dice += f64::from(parts.dice.into_scalar::<f32>()) * n;
             sum_bce += f64::from(parts.bce.into_scalar::<f32>()) * n;
             sum_tv += f64::from(parts.tv.into_scalar::<f32>()) * n;
             sum_loss += f64::from(parts.total.clone().into_scalar::<f32>()) * n;
@@ -427,7 +466,7 @@ pub fn train(
         }
         bar.finish_and_clear();
 
-        let v = validate(&model, &val, side, cfg.lambda_tv, &eval_device);
+        let v = validate(&model, &val, side, cfg, &eval_device);
         let seconds = started.elapsed().as_secs_f64();
         state.wall_s += seconds;
         state.epochs_done = epoch;
@@ -437,6 +476,7 @@ pub fn train(
             train_loss: sum_loss / seen as f64,
             train_bce: sum_bce / seen as f64,
             train_tv: sum_tv / seen as f64,
+            train_dice: sum_dice / seen as f64,
             val_loss: v.loss,
             val_precision: v.counts.precision(),
             val_recall: v.counts.recall(),
@@ -446,7 +486,7 @@ pub fn train(
         let mut csv = std::fs::OpenOptions::new().append(true).open(run.epochs_csv())?;
         writeln!(
             csv,
-            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1}",
+            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1},{:.5}",
             row.epoch,
             row.learning_rate,
             row.train_loss,
@@ -456,7 +496,8 @@ pub fn train(
             row.val_precision,
             row.val_recall,
             row.val_dice,
-            row.seconds
+            row.seconds,
+            row.train_dice
         )?;
         println!(
             "epoch {:>3}  loss {:.4} (bce {:.4}, tv {:.4})  val loss {:.4}  dice {:.3}  \
@@ -480,7 +521,10 @@ pub fn train(
             .clone()
             .save_file(run.last())
             .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
-        if v.loss < state.best_val_loss {
+        // A fixed-length run (cosine schedule, or all slices) keeps its last epoch: validation
+        // then chooses nothing but the threshold.
+        let fixed_length = cfg.all_slices || cfg.schedule == Schedule::Cosine;
+        if fixed_length || v.loss < state.best_val_loss {
             state.best_val_loss = v.loss;
             state.best_epoch = epoch;
             state.epochs_without_gain = 0;
@@ -498,7 +542,7 @@ pub fn train(
         } else {
             state.epochs_without_gain += 1;
             state.epochs_since_cut += 1;
-            if state.epochs_since_cut >= cfg.plateau_patience {
+            if cfg.schedule == Schedule::Plateau && state.epochs_since_cut >= cfg.plateau_patience {
                 state.learning_rate *= 0.5;
                 state.epochs_since_cut = 0;
                 tracing::info!(
@@ -519,6 +563,15 @@ pub fn train(
         }
     }
 
+    if cfg.all_slices {
+        println!(
+            "trained on all slices for {} epochs, {:.1} min; no threshold chosen (the fold was \
+             trained on): pass the cross-validated one to `export --threshold`",
+            state.epochs_done,
+            state.wall_s / 60.0
+        );
+        return Ok(state);
+    }
     // The default threshold is chosen on validation slices only.
     let (_, best) = run.load_model(true, &eval_device)?;
     let planes: Vec<Vec<f32>> = val.iter().map(|e| e.plane.clone()).collect();
@@ -543,6 +596,15 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cosine schedule starts at the initial rate, halves at mid-run and nears 0 at the end.
+    #[test]
+    fn cosine_schedule_shape() {
+        assert!((cosine_rate(1e-3, 1, 100) - 1e-3).abs() < 1e-12);
+        assert!((cosine_rate(1e-3, 51, 100) - 5e-4).abs() < 1e-9);
+        let last = cosine_rate(1e-3, 100, 100);
+        assert!(last > 0.0 && last < 1e-5, "last epoch rate {last}");
+    }
 
     /// A small U-Net fits one real slice well below the loss of predicting the lesion prior:
     /// gradients reach every layer and the optimiser moves them.
