@@ -12,7 +12,7 @@ from pathlib import Path
 
 def main() -> None:
     out, folds = Path(sys.argv[1]), int(sys.argv[2])
-    rows, slices = [], []
+    rows, slices, sweeps = [], [], []
     for k in range(folds):
         report = json.loads((out / f"eval{k}" / "report.json").read_text())
         at = report["at_default"]
@@ -29,6 +29,7 @@ def main() -> None:
             }
         )
         slices += [dice for _, dice in report["per_slice"]]
+        sweeps.append(report["sweep"])
     summary = {"folds": rows}
     for key in ("dice_mean_per_slice", "dice_pooled", "average_precision"):
         values = [r[key] for r in rows]
@@ -41,6 +42,13 @@ def main() -> None:
         "sd": statistics.stdev(thresholds),
         "for_all_slices_model": round(statistics.mean(thresholds) / 0.05) * 0.05,
     }
+    # The threshold sweep averaged over folds (each fold's figures on its own validation slices).
+    keys = ("recall", "precision", "dice_pooled", "dice_mean_per_slice", "miou")
+    summary["sweep_mean_over_folds"] = [
+        {"threshold": points[0]["threshold"]}
+        | {key: statistics.mean(p[key] for p in points) for key in keys}
+        for points in zip(*sweeps)
+    ]
     summary["dice_mean_over_all_slices"] = statistics.mean(slices)
     summary["slices"] = len(slices)
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -55,6 +63,13 @@ def main() -> None:
     for key in ("dice_mean_per_slice", "dice_pooled", "average_precision"):
         print(f"{key}: mean {summary[key]['mean']:.3f}, sd {summary[key]['sd']:.3f}")
     print(f"mean per-slice Dice over all {len(slices)} slices: {statistics.mean(slices):.3f}")
+    print("| threshold | recall | precision | Dice pooled | Dice mean per slice | mIoU |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for p in summary["sweep_mean_over_folds"]:
+        print(
+            f"| {p['threshold']:.1f} | {p['recall']:.3f} | {p['precision']:.3f} | "
+            f"{p['dice_pooled']:.3f} | {p['dice_mean_per_slice']:.3f} | {p['miou']:.3f} |"
+        )
     t = summary["threshold"]
     print(
         f"threshold: mean {t['mean']:.3f}, sd {t['sd']:.3f}; "
