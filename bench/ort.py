@@ -28,5 +28,6 @@ for _ in range(iterations):
     t = time.perf_counter()
     session.run(None, {name: x})
     times.append(time.perf_counter() - t)
-print(f"onnxruntime {ort.__version__}, {threads} thread(s): median {statistics.median(times) * 1e3:.2f} ms "
+median_ms = statistics.median(times) * 1e3
+print(f"onnxruntime {ort.__version__}, {threads} thread(s): median {median_ms:.2f} ms "
       f"over {iterations} runs ({model}, {side}x{side})")

@@ -22,4 +22,6 @@ for _ in $(seq "$rounds"); do
     "$host" send --tcp "$addr" tests/fixtures/medseg/images/* --out "$work/masks" > /dev/null 2>&1
 done
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-echo "$(basename "$model"): tvunet-edge serve peak RSS $((hwm / 1024)) MiB after $rounds x $(ls tests/fixtures/medseg/images | wc -l) slices, $threads thread(s); file $(stat -c %s "$model") B"
+slices=$(ls tests/fixtures/medseg/images | wc -l)
+echo "$(basename "$model"): tvunet-edge serve peak RSS $((hwm / 1024)) MiB" \
+    "after $rounds x $slices slices, $threads thread(s); file $(stat -c %s "$model") B"
