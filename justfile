@@ -1,6 +1,6 @@
 # Everyday recipes. `just --list` shows them.
 
-model := "models/tvunet-medseg.onnx"
+model := "models/tvunet-medseg-fast.onnx"
 data := "../shared/data/medseg/infnet_medseg100"
 
 # Stream the bundled real slices to a device on loopback TCP and a pseudo-terminal.
@@ -25,7 +25,7 @@ export run="runs/medseg" out=model:
     cargo run -p tvunet -- export --checkpoint {{run}} --out {{out}}
 
 # Quantize a model to int8 for tract, calibrated on real unlabelled slices, checked on labelled ones.
-quantize m=model out="models/tvunet-medseg.int8.onnx":
+quantize m=model out="models/my-model.int8.onnx":
     cargo run -p tvunet -- quantize --model {{m}} --calib ../shared/data/unlabeled/images --out {{out}} --check {{data}}
 
 # Device latency (tract) and the same file in onnxruntime.

@@ -7,6 +7,8 @@
 # LANES runs train side by side, one thread each (two on this 2-core machine). CV_FOLDS="1 2"
 # trains only those folds (another run with the same recipe, seed and fold is the same run, so
 # its folder can be copied in as OUT/fold<k> with its evaluation as OUT/eval<k>).
+# "{fold}" in an argument becomes the fold number, for inputs made per fold (for example
+# --extra-data out/soft/fold{fold}, soft labels from that fold's own teacher).
 # Writes OUT/fold<k>/ (run), OUT/fold<k>.onnx, OUT/eval<k>/report.json and OUT/cv.json.
 set -euo pipefail
 out=$1 folds=$2 lanes=$3
@@ -33,7 +35,7 @@ for k in ${CV_FOLDS:-$(seq 0 $((folds - 1)))}; do
         echo "fold $k already evaluated"
         continue
     fi
-    one_fold "$k" "$@" &
+    one_fold "$k" "${@//\{fold\}/$k}" &
     running=$((running + 1))
     if [ "$running" -ge "$lanes" ]; then
         wait -n

@@ -48,6 +48,10 @@ pub struct LabelledSlice {
     pub image: GraySlice,
     /// `width * height` values, 1 = lesion.
     pub mask: Vec<u8>,
+    /// A teacher model's lesion probability in steps of 1/255, `width * height` values, when the
+    /// slice was labelled by a model (`tvunet pseudo-label --soft`). Training then learns this
+    /// map instead of the binary `mask` (distillation); evaluation always reads `mask`.
+    pub soft_target: Option<Vec<u8>>,
 }
 
 /// Why a labelled set could not be read.
@@ -75,6 +79,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
 
 /// Reads a MedSeg-style folder: `images/<id>.jpg|png` with `masks_multiclass/<id>.png` (palette
 /// indices) or, when that folder is absent, `masks_binary/<id>.png` (0/255, infection only).
+/// A folder written by `tvunet pseudo-label --soft` also holds `masks_soft/<id>.png`, the
+/// teacher's probability (0..255), read into [`LabelledSlice::soft_target`].
 ///
 /// # Errors
 /// A missing mask or a mask of another size names both files; see [`DataError`].
@@ -82,6 +88,8 @@ pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, Dat
     let images = dir.join("images");
     let multiclass = dir.join("masks_multiclass");
     let binary = dir.join("masks_binary");
+    let soft = dir.join("masks_soft");
+    let use_soft = soft.is_dir();
     let use_multiclass = multiclass.is_dir();
     if !use_multiclass && target == Target::Ggo {
         return Err(DataError::MissingMask {
@@ -131,8 +139,28 @@ pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, Dat
         if let Some(&label) = labels.iter().find(|&&l| l > 2) {
             return Err(DataError::BadLabel { path: mask_path, label });
         }
+        let soft_target = if use_soft {
+            let soft_path = soft.join(format!("{stem}.png"));
+            if !soft_path.is_file() {
+                return Err(DataError::MissingMask { image: image_path, mask: soft_path });
+            }
+            let (sw, sh, map) = read_grey_png(&soft_path)?;
+            if (sw, sh) != (image.width, image.height) {
+                return Err(DataError::SizeMismatch {
+                    iw: image.width,
+                    ih: image.height,
+                    image: image_path,
+                    mask: soft_path,
+                    mw: sw,
+                    mh: sh,
+                });
+            }
+            Some(map)
+        } else {
+            None
+        };
         let mask = labels.into_iter().map(|l| u8::from(target.is_lesion(l))).collect();
-        out.push(LabelledSlice { id: stem, image, mask });
+        out.push(LabelledSlice { id: stem, image, mask, soft_target });
     }
     Ok(out)
 }
@@ -224,7 +252,12 @@ pub fn read_nifti_pair(
         }
         let slice = GraySlice::from_hu(ny as u32, nx as u32, &hu, window)
             .map_err(|e| DataError::Nifti { path: image_path.to_path_buf(), why: e.to_string() })?;
-        out.push(LabelledSlice { id: format!("z{z}"), image: slice, mask: labels });
+        out.push(LabelledSlice {
+            id: format!("z{z}"),
+            image: slice,
+            mask: labels,
+            soft_target: None,
+        });
     }
     Ok(out)
 }
@@ -238,6 +271,9 @@ pub fn fingerprint(slices: &[LabelledSlice]) -> String {
         h.update(s.image.height.to_le_bytes());
         h.update(&s.image.pixels);
         h.update(&s.mask);
+        if let Some(soft) = &s.soft_target {
+            h.update(soft);
+        }
     }
     format!("{:x}", h.finalize())
 }
@@ -316,9 +352,16 @@ pub fn example(slice: &LabelledSlice, side: u32) -> Example {
     Example { plane, target: resize_mask(slice, side) }
 }
 
+/// The training target at the model side: the binary mask (resized, then cut at 0.5), or the
+/// teacher's probability in 0..1 where the slice has one.
 fn resize_mask(slice: &LabelledSlice, side: u32) -> Vec<f32> {
+    let from = (slice.image.width, slice.image.height);
+    if let Some(soft) = &slice.soft_target {
+        let m: Vec<f32> = soft.iter().map(|&v| f32::from(v) / 255.0).collect();
+        return preprocess::resize_map(&m, from, (side, side));
+    }
     let m: Vec<f32> = slice.mask.iter().map(|&v| f32::from(v)).collect();
-    preprocess::resize_map(&m, (slice.image.width, slice.image.height), (side, side))
+    preprocess::resize_map(&m, from, (side, side))
         .into_iter()
         .map(|v| if v >= 0.5 { 1.0 } else { 0.0 })
         .collect()
@@ -491,8 +534,8 @@ mod tests {
     fn augmentation_without_geometry_keeps_mask() {
         let pixels: Vec<u8> = (0..32 * 32).map(|i| (i % 251) as u8).collect();
         let mask: Vec<u8> = (0..32 * 32).map(|i| u8::from((i / 32) < 10 && (i % 32) < 5)).collect();
-        let s =
-            LabelledSlice { id: "t".into(), image: GraySlice::new(32, 32, pixels).unwrap(), mask };
+        let image = GraySlice::new(32, 32, pixels).unwrap();
+        let s = LabelledSlice { id: "t".into(), image, mask, soft_target: None };
         let aug =
             Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
         let mut rng = StdRng::seed_from_u64(1);
@@ -500,6 +543,28 @@ mod tests {
             let e = augmented_example(&s, 32, &aug, &mut rng);
             let lesion = e.target.iter().filter(|&&v| v > 0.5).count();
             assert_eq!(lesion, 50, "flips keep the lesion area");
+        }
+    }
+
+    /// A teacher's probability map is the target as it is, not cut at 0.5, and flips move it
+    /// with the slice.
+    #[test]
+    fn soft_target_is_learned_as_a_probability() {
+        let pixels: Vec<u8> = (0..32 * 32).map(|i| (i % 251) as u8).collect();
+        let soft: Vec<u8> = (0..32 * 32).map(|i| if (i / 32) < 10 { 51 } else { 0 }).collect();
+        let mask = soft.iter().map(|&v| u8::from(v >= 128)).collect();
+        let image = GraySlice::new(32, 32, pixels).unwrap();
+        let s = LabelledSlice { id: "t".into(), image, mask, soft_target: Some(soft) };
+        let e = example(&s, 32);
+        assert!((e.target[0] - 0.2).abs() < 1e-6, "top rows carry 51/255: {}", e.target[0]);
+        assert_eq!(e.target[31 * 32], 0.0);
+        let aug =
+            Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..8 {
+            let e = augmented_example(&s, 32, &aug, &mut rng);
+            let total: f32 = e.target.iter().sum();
+            assert!((total - 320.0 * 0.2).abs() < 1e-3, "flips keep the soft mass: {total}");
         }
     }
 }

@@ -67,7 +67,7 @@ struct SendArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Model the device serves.
-    #[arg(long, default_value = "models/tvunet-medseg.onnx")]
+    #[arg(long, default_value = "models/tvunet-medseg-fast.onnx")]
     model: PathBuf,
     /// Labelled slices to stream.
     #[arg(long, default_value = "tests/fixtures/medseg")]
@@ -119,7 +119,7 @@ struct PseudoArgs {
     /// Folder of unlabelled slices (.jpg or .png).
     #[arg(long)]
     images: PathBuf,
-    /// Output folder (images/, masks_binary/, pseudo.csv).
+    /// Output folder (images/, masks_binary/, pseudo.csv; masks_soft/ with --soft).
     #[arg(long)]
     out: PathBuf,
     /// Slices examined, spread evenly over the folder.
@@ -137,6 +137,13 @@ struct PseudoArgs {
     /// Largest share of kept slices on which the teacher marks nothing.
     #[arg(long, default_value_t = 0.2)]
     max_empty_share: f64,
+    /// Also write the teacher's probability map (masks_soft/), which `train --extra-data` then
+    /// learns as it is (distillation) instead of the cut mask.
+    #[arg(long)]
+    soft: bool,
+    /// Average the teacher over the four flips of each slice.
+    #[arg(long)]
+    flips: bool,
 }
 
 #[derive(Args)]
@@ -383,6 +390,8 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
 fn run_pseudo(a: PseudoArgs) -> Result<()> {
     let teacher = tvunet_device::Segmenter::load(&a.model)?;
     let opts = tvunet::pseudo::PseudoOptions {
+        soft: a.soft,
+        flips: a.flips,
         candidates: a.candidates,
         keep: a.keep,
         name_contains: a.name_contains,

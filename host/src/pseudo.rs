@@ -5,6 +5,10 @@
 //! when little of what the teacher marks is uncertain: the share of pixels whose probability
 //! lies within [`UNCERTAIN_BAND`] of the threshold, among all pixels at or above
 //! `threshold - UNCERTAIN_BAND`, is at most `max_uncertain`.
+//!
+//! With `soft`, the teacher's probability map is written too (`masks_soft/`), and training learns
+//! it as it is (distillation) rather than the cut mask. With `flips`, the teacher's map is the
+//! mean over the slice and its horizontal, vertical and double flips.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,10 @@ pub struct PseudoOptions {
     pub max_uncertain: f64,
     /// Largest share of kept slices on which the teacher marks nothing.
     pub max_empty_share: f64,
+    /// Also write the teacher's probability map (`masks_soft/<name>.png`, 0..255).
+    pub soft: bool,
+    /// Average the teacher over the four flips of each slice.
+    pub flips: bool,
 }
 
 /// What a pseudo-labelling pass looked at and kept.
@@ -44,13 +52,15 @@ struct Scored {
     path: PathBuf,
     slice: GraySlice,
     mask: Vec<u8>,
+    prob: Vec<f32>,
     lesion_px: usize,
     uncertain_share: f64,
 }
 
 /// Labels slices from `images` with `teacher` and writes the kept ones to `out` as
 /// `images/<name>.<ext>` (the original bytes), `masks_binary/<name>.png` (0 or 255) and
-/// `pseudo.csv` (every examined slice with its figures).
+/// `pseudo.csv` (every examined slice with its figures); with `soft`, also
+/// `masks_soft/<name>.png`, the teacher's probability times 255.
 pub fn pseudo_label(
     teacher: &Segmenter,
     images: &Path,
@@ -64,6 +74,9 @@ pub fn pseudo_label(
     let (lo, hi) = (threshold - UNCERTAIN_BAND, threshold + UNCERTAIN_BAND);
     std::fs::create_dir_all(out.join("images"))?;
     std::fs::create_dir_all(out.join("masks_binary"))?;
+    if opts.soft {
+        std::fs::create_dir_all(out.join("masks_soft"))?;
+    }
     let mut csv = std::fs::File::create(out.join("pseudo.csv"))?;
     writeln!(csv, "file,lesion_px,uncertain_share,kept")?;
     let (mut scored, mut refused) = (Vec::new(), 0usize);
@@ -77,13 +90,18 @@ pub fn pseudo_label(
                 continue;
             }
         };
-        let prob = teacher.probability(&slice)?;
+        let prob = if opts.flips {
+            flipped_mean(teacher, &slice)?
+        } else {
+            teacher.probability(&slice)?
+        };
         let marked = prob.iter().filter(|&&p| p >= lo).count();
         let uncertain = prob.iter().filter(|&&p| p >= lo && p < hi).count();
         let mask: Vec<u8> = prob.iter().map(|&p| if p >= threshold { 255 } else { 0 }).collect();
         let lesion_px = mask.iter().filter(|&&v| v != 0).count();
         let uncertain_share = uncertain as f64 / marked.max(1) as f64;
-        scored.push(Scored { path, slice, mask, lesion_px, uncertain_share });
+        let prob = if opts.soft { prob } else { Vec::new() };
+        scored.push(Scored { path, slice, mask, prob, lesion_px, uncertain_share });
     }
     scored.sort_by(|a, b| a.uncertain_share.total_cmp(&b.uncertain_share));
     let max_empty = (opts.max_empty_share * opts.keep as f64).floor() as usize;
@@ -105,8 +123,57 @@ pub fn pseudo_label(
             .context("mask size")?
             .save(out.join("masks_binary").join(format!("{stem}.png")))
             .with_context(|| format!("writing the mask of {name}"))?;
+        if opts.soft {
+            let levels = s.prob.iter().map(|&p| (p.clamp(0.0, 1.0) * 255.0).round() as u8);
+            image::GrayImage::from_raw(s.slice.width, s.slice.height, levels.collect())
+                .context("probability map size")?
+                .save(out.join("masks_soft").join(format!("{stem}.png")))
+                .with_context(|| format!("writing the probability map of {name}"))?;
+        }
         kept += 1;
         kept_empty += usize::from(empty);
     }
     Ok(PseudoSummary { examined: scored.len(), refused, kept, kept_empty })
+}
+
+/// The teacher's probability averaged over the slice and its three flips, each flipped back.
+fn flipped_mean(teacher: &Segmenter, slice: &GraySlice) -> Result<Vec<f32>> {
+    let mut sum = vec![0f32; slice.len()];
+    for (flip_x, flip_y) in [(false, false), (true, false), (false, true), (true, true)] {
+        let flipped = GraySlice {
+            pixels: flip(&slice.pixels, slice.width, slice.height, flip_x, flip_y),
+            ..slice.clone()
+        };
+        let prob = teacher.probability(&flipped)?;
+        for (s, p) in sum.iter_mut().zip(flip(&prob, slice.width, slice.height, flip_x, flip_y)) {
+            *s += p / 4.0;
+        }
+    }
+    Ok(sum)
+}
+
+/// A row-major `width` x `height` map mirrored left-right and/or top-bottom (its own inverse).
+fn flip<T: Copy>(map: &[T], width: u32, height: u32, flip_x: bool, flip_y: bool) -> Vec<T> {
+    let (w, h) = (width as usize, height as usize);
+    (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let sx = if flip_x { w - 1 - x } else { x };
+            let sy = if flip_y { h - 1 - y } else { y };
+            map[sy * w + sx]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flip;
+
+    #[test]
+    fn flips_mirror_and_undo_themselves() {
+        let map: Vec<u8> = (0..6).collect(); // 3 wide, 2 high
+        assert_eq!(flip(&map, 3, 2, true, false), vec![2, 1, 0, 5, 4, 3]);
+        assert_eq!(flip(&map, 3, 2, false, true), vec![3, 4, 5, 0, 1, 2]);
+        assert_eq!(flip(&flip(&map, 3, 2, true, true), 3, 2, true, true), map);
+    }
 }

@@ -29,7 +29,7 @@ fn shipped_models_match_their_cards_and_segment_real_slices() {
         .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
         .collect();
     models.sort();
-    assert!(models.len() >= 4, "fp32 and int8 of the default and the fast model: {models:?}");
+    assert!(models.len() >= 4, "fp32 and int8 of the base-8 and base-16 models: {models:?}");
     let slices =
         data::read_folder(&root().join("tests/fixtures/medseg"), Target::Infection).unwrap();
     for model in &models {
