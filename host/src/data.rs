@@ -126,16 +126,7 @@ pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, Dat
             let (w, h, grey) = read_grey_png(&mask_path)?;
             (w, h, grey.into_iter().map(|v| u8::from(v > 127)).collect())
         };
-        if (mw, mh) != (image.width, image.height) {
-            return Err(DataError::SizeMismatch {
-                iw: image.width,
-                ih: image.height,
-                image: image_path,
-                mask: mask_path,
-                mw,
-                mh,
-            });
-        }
+        same_size(&image, &image_path, &mask_path, (mw, mh))?;
         if let Some(&label) = labels.iter().find(|&&l| l > 2) {
             return Err(DataError::BadLabel { path: mask_path, label });
         }
@@ -145,16 +136,7 @@ pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, Dat
                 return Err(DataError::MissingMask { image: image_path, mask: soft_path });
             }
             let (sw, sh, map) = read_grey_png(&soft_path)?;
-            if (sw, sh) != (image.width, image.height) {
-                return Err(DataError::SizeMismatch {
-                    iw: image.width,
-                    ih: image.height,
-                    image: image_path,
-                    mask: soft_path,
-                    mw: sw,
-                    mh: sh,
-                });
-            }
+            same_size(&image, &image_path, &soft_path, (sw, sh))?;
             Some(map)
         } else {
             None
@@ -163,6 +145,26 @@ pub fn read_folder(dir: &Path, target: Target) -> Result<Vec<LabelledSlice>, Dat
         out.push(LabelledSlice { id: stem, image, mask, soft_target });
     }
     Ok(out)
+}
+
+/// A mask or map of `size` (width, height) must match its slice.
+fn same_size(
+    image: &GraySlice,
+    image_path: &Path,
+    mask_path: &Path,
+    size: (u32, u32),
+) -> Result<(), DataError> {
+    if size == (image.width, image.height) {
+        return Ok(());
+    }
+    Err(DataError::SizeMismatch {
+        image: image_path.to_path_buf(),
+        mask: mask_path.to_path_buf(),
+        iw: image.width,
+        ih: image.height,
+        mw: size.0,
+        mh: size.1,
+    })
 }
 
 /// Sort key that puts `2` before `10`.
