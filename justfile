@@ -21,7 +21,7 @@ cv out="runs/cv" folds="5" *args="":
     bench/cv.sh {{out}} {{folds}} 2 -- {{args}}
 
 # Export a run to ONNX (parity-checked against tract).
-export run="runs/medseg" out=model:
+export run="runs/medseg" out="out/model.onnx":
     cargo run -p tvunet -- export --checkpoint {{run}} --out {{out}}
 
 # Quantize a model to int8 for tract, calibrated on real unlabelled slices, checked on labelled ones.

@@ -8,9 +8,13 @@ use serde::{Deserialize, Serialize};
 /// normalisation is refused.
 pub const NORMALISATION: &str = "zscore-per-slice";
 
-/// Fewest grey levels between the darkest and brightest pixel of a slice worth segmenting; a
-/// CT slice in any window spans far more (air to soft tissue).
+/// Fewest grey levels between the 1st and 99th percentile of a slice worth segmenting; a CT
+/// slice in any window spans far more (air to soft tissue). Percentiles rather than the darkest
+/// and brightest pixel, so that a few stray pixels do not make a blank export pass.
 pub const MIN_GREY_SPREAD: u8 = 8;
+
+/// Share of pixels at each end of the grey range left out of the contrast check.
+pub const CONTRAST_TAIL: f64 = 0.01;
 
 /// An 8-bit greyscale axial CT slice, row-major, as the workstation exports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,10 +91,20 @@ pub enum SliceError {
     #[error("cannot decode image: {0}")]
     Decode(String),
     #[error(
-        "slice has no contrast: every pixel lies within {spread} grey levels of the darkest \
+        "slice has no contrast: 98 % of its pixels lie within {spread} grey levels \
          (a blank slice or a failed export), so there is no anatomy to segment"
     )]
     NoContrast { spread: u8 },
+    #[error(
+        "JPEG is truncated: {bytes} bytes end before the image's end marker (an interrupted \
+         copy or export)"
+    )]
+    Truncated { bytes: usize },
+    #[error(
+        "this is a DICOM file ({bytes} bytes); send the slice as PNG or JPEG exported with a \
+         lung window, or as Hounsfield units in a request"
+    )]
+    Dicom { bytes: usize },
 }
 
 impl GraySlice {
@@ -107,9 +121,16 @@ impl GraySlice {
     /// Decodes PNG or JPEG bytes; colour images are converted to luma.
     ///
     /// # Errors
-    /// [`SliceError::Decode`] when the bytes are not a readable image, [`SliceError::Empty`]
-    /// for a zero-sized one.
+    /// [`SliceError::Decode`] when the bytes are not a readable image, [`SliceError::Truncated`]
+    /// for a JPEG cut short (the decoder would fill the missing rows with grey),
+    /// [`SliceError::Dicom`] for a DICOM file, [`SliceError::Empty`] for a zero-sized image.
     pub fn decode(bytes: &[u8]) -> Result<Self, SliceError> {
+        if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+            return Err(SliceError::Dicom { bytes: bytes.len() });
+        }
+        if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
+            return Err(SliceError::Truncated { bytes: bytes.len() });
+        }
         let img = image::load_from_memory(bytes).map_err(|e| SliceError::Decode(e.to_string()))?;
         let grey = img.into_luma8();
         let (width, height) = grey.dimensions();
@@ -141,15 +162,36 @@ impl GraySlice {
         Ok(Self { width, height, pixels })
     }
 
-    /// Refuses a slice whose grey levels span fewer than [`MIN_GREY_SPREAD`] levels: after
-    /// per-slice standardisation it would be a flat plane, which the network was never shown.
+    /// Refuses a slice whose grey levels, leaving out the darkest and brightest
+    /// [`CONTRAST_TAIL`] of its pixels, span fewer than [`MIN_GREY_SPREAD`] levels: after
+    /// per-slice standardisation it would be a flat plane or a few specks, which the network was
+    /// never shown.
     ///
     /// # Errors
     /// [`SliceError::NoContrast`] with the spread found.
     pub fn check_contrast(&self) -> Result<(), SliceError> {
-        let low = self.pixels.iter().copied().min().unwrap_or(0);
-        let high = self.pixels.iter().copied().max().unwrap_or(0);
-        let spread = high - low;
+        let mut histogram = [0usize; 256];
+        for &p in &self.pixels {
+            histogram[usize::from(p)] += 1;
+        }
+        let tail = (self.pixels.len() as f64 * CONTRAST_TAIL).floor() as usize;
+        // First grey level, walking from one end, past which more than `tail` pixels lie.
+        let level = |levels: &[usize]| {
+            let mut seen = 0;
+            levels
+                .iter()
+                .copied()
+                .find(|&g| {
+                    seen += histogram[g];
+                    seen > tail
+                })
+                .unwrap_or(0) as u8
+        };
+        let upward: Vec<usize> = (0..256).collect();
+        let downward: Vec<usize> = (0..256).rev().collect();
+        let low = level(&upward);
+        let high = level(&downward);
+        let spread = high.saturating_sub(low);
         if spread < MIN_GREY_SPREAD {
             return Err(SliceError::NoContrast { spread });
         }
@@ -164,6 +206,17 @@ impl GraySlice {
     /// True for a slice without pixels (never produced by the constructors).
     pub fn is_empty(&self) -> bool {
         self.pixels.is_empty()
+    }
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker after its last scan. Inside a scan's
+/// entropy-coded data every 0xFF byte is followed by 0x00 or a restart marker, so 0xFF 0xD9 there
+/// can only be the end marker; an embedded thumbnail's markers all come before the main scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
     }
 }
 
@@ -290,6 +343,42 @@ mod tests {
         let mut pixels = vec![20u8; 16];
         pixels[3] = 200;
         assert!(GraySlice::new(4, 4, pixels).unwrap().check_contrast().is_ok());
+    }
+
+    /// A uniform export with a few stray bright pixels is still blank: the check leaves out the
+    /// extreme 1 % of pixels at each end.
+    #[test]
+    fn stray_pixels_do_not_make_a_blank_slice_pass() {
+        let mut pixels = vec![100u8; 300 * 300];
+        for i in 0..50 {
+            pixels[i * 1_000] = 108 + (i % 100) as u8;
+        }
+        let s = GraySlice::new(300, 300, pixels).unwrap();
+        assert!(matches!(s.check_contrast(), Err(SliceError::NoContrast { spread: 0 })));
+    }
+
+    /// A real slice cut short is refused before the decoder pads it with grey; the whole file
+    /// decodes.
+    #[test]
+    fn truncated_jpeg_is_refused() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/medseg/images/2.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        let whole = GraySlice::decode(&bytes).unwrap();
+        assert!(whole.check_contrast().is_ok());
+        for cut in [bytes.len() / 4, bytes.len() / 2, bytes.len() - 2] {
+            let err = GraySlice::decode(&bytes[..cut]).unwrap_err();
+            assert!(matches!(err, SliceError::Truncated { bytes } if bytes == cut), "{cut}: {err}");
+        }
+    }
+
+    /// A DICOM file (preamble, then `DICM`) is named as such rather than as an unknown format.
+    #[test]
+    fn dicom_is_named() {
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0]);
+        let err = GraySlice::decode(&bytes).unwrap_err().to_string();
+        assert!(err.contains("DICOM") && err.contains("PNG or JPEG"), "{err}");
     }
 
     /// Pixel count and declared size must agree.

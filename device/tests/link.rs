@@ -629,6 +629,40 @@ fn connections_past_the_limit_are_refused() {
     first.keep_alive().unwrap();
 }
 
+/// A client turned away by a full device is told why (busy, with the limit), not shown a reset
+/// connection: the device drains the refused connection before closing it.
+#[test]
+fn a_refused_client_reads_the_reason() {
+    let server = tcp_server(LinkConfig { max_connections: 1, ..config() });
+    let mut first = tcp_client(&server, config());
+    first.keep_alive().unwrap();
+    for _ in 0..3 {
+        let mut second = tcp_client(&server, config());
+        let err = second.hello().unwrap_err();
+        assert_eq!(err.remote_code(), Some(ErrorCode::Busy), "{err}");
+        assert!(err.to_string().contains("limit of 1 connection"), "{err}");
+    }
+    first.keep_alive().unwrap();
+}
+
+/// Silent sockets do not hold the slots: a connection that sends no byte within
+/// `first_byte_timeout` is closed and the next client is served.
+#[test]
+fn silent_connections_free_their_slots() {
+    let quick = Duration::from_millis(300);
+    let server =
+        tcp_server(LinkConfig { max_connections: 2, first_byte_timeout: Some(quick), ..config() });
+    let silent: Vec<std::net::TcpStream> =
+        (0..2).map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let err = tcp_client(&server, config()).hello().unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::Busy), "{err}");
+    std::thread::sleep(quick * 3);
+    let info = tcp_client(&server, config()).hello().unwrap();
+    assert!(info.input_size > 0);
+    drop(silent);
+}
+
 /// HU slices and raw grey slices give the same mask as the same pixels sent as an image.
 #[test]
 fn raw_and_hu_slices_match_encoded() {

@@ -67,6 +67,7 @@ pub fn send_over<S: Read + Write>(
     threshold: Option<f32>,
     spacing: Option<PixelSpacing>,
 ) -> Result<Vec<SentSlice>> {
+    check_unique_names(files)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating output directory {}", out.display()))?;
     let info = client.hello().context("the device does not answer")?;
@@ -96,6 +97,26 @@ pub fn send_over<S: Read + Write>(
     Ok(sent)
 }
 
+/// Two slices with the same file stem would write the same `NAME.json` and `NAME.mask.png`,
+/// the second over the first: refused before anything is sent.
+fn check_unique_names(files: &[PathBuf]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&std::ffi::OsStr, &Path> = Default::default();
+    for file in files {
+        let Some(stem) = file.file_stem() else { continue };
+        if let Some(first) = seen.insert(stem, file) {
+            bail!(
+                "{} and {} would both write {}.json and {}.mask.png; send them in separate runs \
+                 or rename one",
+                first.display(),
+                file.display(),
+                stem.to_string_lossy(),
+                stem.to_string_lossy()
+            );
+        }
+    }
+    Ok(())
+}
+
 enum SendError {
     /// This slice could not be read or was refused; the link is fine.
     Slice(anyhow::Error),
@@ -121,7 +142,7 @@ fn send_one<S: Read + Write>(
         InferRequest { slice: SliceData::Encoded { bytes }, threshold, spacing_mm: spacing };
     let report = client.infer(&request).map_err(|e| {
         let refused = e.remote_code().is_some();
-        let e = anyhow::Error::new(e).context(format!("segmenting {}", file.display()));
+        let e = anyhow::Error::new(e).context("segmenting the slice");
         if refused {
             SendError::Slice(e)
         } else {
@@ -207,5 +228,16 @@ mod tests {
         let img = overlay(&slice, &mask);
         assert_eq!(img.get_pixel(0, 0).0, [178, 50, 50]);
         assert_eq!(img.get_pixel(1, 0).0, [100, 100, 100]);
+    }
+
+    #[test]
+    fn slices_that_would_overwrite_each_other_are_named() {
+        let files = [PathBuf::from("a/s.jpg"), PathBuf::from("t.png"), PathBuf::from("b/s.png")];
+        let err = check_unique_names(&files).unwrap_err().to_string();
+        assert!(
+            err.contains("a/s.jpg") && err.contains("b/s.png") && err.contains("s.json"),
+            "{err}"
+        );
+        assert!(check_unique_names(&files[..2]).is_ok());
     }
 }

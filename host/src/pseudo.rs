@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tvunet_device::preprocess::GraySlice;
 use tvunet_device::Segmenter;
 
@@ -67,6 +67,17 @@ pub fn pseudo_label(
     out: &Path,
     opts: &PseudoOptions,
 ) -> Result<PseudoSummary> {
+    check_options(opts)?;
+    for part in ["images", "masks_binary", "masks_soft"] {
+        let dir = out.join(part);
+        if dir.read_dir().is_ok_and(|mut entries| entries.next().is_some()) {
+            bail!(
+                "{} already holds a labelled set ({part}/ is not empty); write to a new folder, \
+                 or remove the old one, so that no slice or map of an earlier run is mixed in",
+                out.display()
+            );
+        }
+    }
     let files =
         crate::data::unlabelled_slices(images, opts.name_contains.as_deref(), opts.candidates)
             .with_context(|| format!("reading {}", images.display()))?;
@@ -133,7 +144,32 @@ pub fn pseudo_label(
         kept += 1;
         kept_empty += usize::from(empty);
     }
+    if kept == 0 {
+        let least = scored.first().map_or(f64::NAN, |s| s.uncertain_share);
+        bail!(
+            "kept none of {} examined slices: the least uncertain had an uncertain share of \
+             {least:.2}, above --max-uncertain {}; {} lists every slice",
+            scored.len(),
+            opts.max_uncertain,
+            out.join("pseudo.csv").display()
+        );
+    }
     Ok(PseudoSummary { examined: scored.len(), refused, kept, kept_empty })
+}
+
+/// Refuses options that cannot select anything sensible, naming the value.
+fn check_options(opts: &PseudoOptions) -> Result<()> {
+    if opts.candidates == 0 || opts.keep == 0 {
+        bail!("--candidates {} and --keep {} must both be at least 1", opts.candidates, opts.keep);
+    }
+    for (name, value) in
+        [("--max-uncertain", opts.max_uncertain), ("--max-empty-share", opts.max_empty_share)]
+    {
+        if !(0.0..=1.0).contains(&value) {
+            bail!("{name} {value} is a share and must lie in 0..1");
+        }
+    }
+    Ok(())
 }
 
 /// The teacher's probability averaged over the slice and its three flips, each flipped back.

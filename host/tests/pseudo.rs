@@ -12,6 +12,12 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The default model as teacher, and the bundled real slices as the unlabelled folder.
+fn teacher_and_slices() -> (Segmenter, PathBuf) {
+    let teacher = Segmenter::load(&root().join("models/tvunet-medseg-fast.onnx")).unwrap();
+    (teacher, root().join("tests/fixtures/medseg/images"))
+}
+
 fn options(soft: bool, flips: bool) -> PseudoOptions {
     PseudoOptions {
         candidates: 10,
@@ -31,8 +37,7 @@ fn mean_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn soft_labels_carry_the_teachers_probability() {
-    let teacher = Segmenter::load(&root().join("models/tvunet-medseg-fast.onnx")).unwrap();
-    let images = root().join("tests/fixtures/medseg/images");
+    let (teacher, images) = teacher_and_slices();
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain");
     let flipped = dir.path().join("flipped");
@@ -68,12 +73,30 @@ fn soft_labels_carry_the_teachers_probability() {
 
 #[test]
 fn a_soft_folder_without_its_map_names_the_missing_file() {
-    let teacher = Segmenter::load(&root().join("models/tvunet-medseg-fast.onnx")).unwrap();
+    let (teacher, images) = teacher_and_slices();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("soft");
-    let images = root().join("tests/fixtures/medseg/images");
     pseudo_label(&teacher, &images, &out, &options(true, false)).unwrap();
     std::fs::remove_file(out.join("masks_soft/52.png")).unwrap();
     let err = data::read_folder(&out, Target::Infection).unwrap_err().to_string();
     assert!(err.contains("masks_soft") && err.contains("52.png"), "{err}");
+}
+
+#[test]
+fn pseudo_labelling_refuses_to_mix_runs_or_to_keep_nothing() {
+    let (teacher, images) = teacher_and_slices();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soft");
+    pseudo_label(&teacher, &images, &out, &options(true, false)).unwrap();
+    let err = pseudo_label(&teacher, &images, &out, &options(false, false)).unwrap_err();
+    assert!(err.to_string().contains("already holds a labelled set"), "{err}");
+
+    let strict = PseudoOptions { max_uncertain: 0.0, ..options(false, false) };
+    let err = pseudo_label(&teacher, &images, &dir.path().join("strict"), &strict).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("kept none of 4") && text.contains("--max-uncertain 0"), "{text}");
+
+    let bad = PseudoOptions { max_uncertain: 1.5, ..options(false, false) };
+    let err = pseudo_label(&teacher, &images, &dir.path().join("bad"), &bad).unwrap_err();
+    assert!(err.to_string().contains("--max-uncertain 1.5"), "{err}");
 }

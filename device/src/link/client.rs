@@ -12,8 +12,8 @@ use super::server::open_port;
 use super::{is_wait, write_frames, LinkConfig, LinkError};
 use crate::inference::SliceReport;
 use crate::protocol::{
-    decode_frame, encode_message, Deframed, Deframer, DeviceInfo, InferRequest, Limits, Message,
-    Reassembled, Reassembler, UNKNOWN_REQUEST,
+    decode_frame, encode_message, Deframed, Deframer, DeviceInfo, ErrorCode, InferRequest, Limits,
+    Message, Reassembled, Reassembler, UNKNOWN_REQUEST,
 };
 
 /// Bytes read from the stream at a time.
@@ -228,7 +228,12 @@ impl<S: Read + Write> Client<S> {
                         message: e.message,
                     })
                 }
-                Message::Error(e) if reply_id == UNKNOWN_REQUEST && e.code.is_transient() => {
+                // A fault in a frame the device could not attribute, or a refusal of the whole
+                // connection (busy), answers whatever was in flight.
+                Message::Error(e)
+                    if reply_id == UNKNOWN_REQUEST
+                        && (e.code.is_transient() || e.code == ErrorCode::Busy) =>
+                {
                     return Err(LinkError::Remote {
                         request_id: e.request_id,
                         code: e.code,

@@ -33,7 +33,9 @@ impl From<SliceError> for Refusal {
             SliceError::Empty { .. } => ErrorCode::EmptySlice,
             SliceError::TooLarge { .. } => ErrorCode::SliceTooLarge,
             SliceError::SizeMismatch { .. } | SliceError::BadWindow(_) => ErrorCode::BadRequest,
-            SliceError::Decode(_) => ErrorCode::BadImage,
+            SliceError::Decode(_) | SliceError::Truncated { .. } | SliceError::Dicom { .. } => {
+                ErrorCode::BadImage
+            }
             SliceError::NoContrast { .. } => ErrorCode::EmptySlice,
         };
         Self::new(code, e.to_string())

@@ -36,6 +36,9 @@ pub struct LinkConfig {
     pub connect_timeout: Duration,
     /// TCP server: a connection that sends nothing for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// TCP server: a connection that has sent no byte at all this long after it opened is
+    /// closed, so that silent sockets cannot hold the connection slots for `idle_timeout`.
+    pub first_byte_timeout: Option<Duration>,
     /// TCP server: most connections served at once; more are refused with
     /// [`ErrorCode::Busy`].
     pub max_connections: usize,
@@ -52,6 +55,7 @@ impl Default for LinkConfig {
             write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(600)),
+            first_byte_timeout: Some(Duration::from_secs(10)),
             max_connections: 8,
         }
     }

@@ -2,7 +2,7 @@
 //! it.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -23,6 +23,9 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Pause between accept attempts while no client is connecting.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// How long a refused connection is drained after the busy reply, before it is closed.
+const BUSY_LINGER: Duration = Duration::from_secs(2);
 
 /// Pause before reopening a serial port that failed.
 const SERIAL_REOPEN_DELAY: Duration = Duration::from_millis(500);
@@ -118,21 +121,29 @@ impl Service {
         stream: S,
         stop: &AtomicBool,
     ) -> Result<SessionEnd, LinkError> {
-        self.serve_until_idle(stream, stop, None)
+        self.serve_until_idle(stream, stop, Quiet::default())
     }
 
     fn serve_until_idle<S: Read + Write>(
         &self,
         stream: S,
         stop: &AtomicBool,
-        idle: Option<Duration>,
+        quiet: Quiet,
     ) -> Result<SessionEnd, LinkError> {
         self.observer.connection_opened();
         let mut session = Session::new(self, stream);
-        let result = session.run(stop, idle);
+        let result = session.run(stop, quiet);
         self.observer.connection_closed();
         result
     }
+}
+
+/// How long a connection may stay silent before it is closed: before its first byte and
+/// between inputs. `None` waits for ever (the serial line).
+#[derive(Debug, Clone, Copy, Default)]
+struct Quiet {
+    first_byte: Option<Duration>,
+    idle: Option<Duration>,
 }
 
 struct Session<'a, S> {
@@ -153,9 +164,10 @@ impl<'a, S: Read + Write> Session<'a, S> {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool, idle: Option<Duration>) -> Result<SessionEnd, LinkError> {
+    fn run(&mut self, stop: &AtomicBool, quiet: Quiet) -> Result<SessionEnd, LinkError> {
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         let mut last_input = Instant::now();
+        let mut heard = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(SessionEnd::Stopped);
@@ -164,6 +176,7 @@ impl<'a, S: Read + Write> Session<'a, S> {
                 Ok(0) => return Ok(SessionEnd::Closed),
                 Ok(n) => {
                     last_input = Instant::now();
+                    heard = true;
                     for item in self.deframer.push(&buf[..n]) {
                         match item {
                             Deframed::Frame(bytes) => match decode_frame(&bytes) {
@@ -181,7 +194,8 @@ impl<'a, S: Read + Write> Session<'a, S> {
             if let Err(e) = self.reassembler.expire(now) {
                 self.refuse_fault(&e)?;
             }
-            if idle.is_some_and(|limit| now.duration_since(last_input) > limit) {
+            let limit = if heard { quiet.idle } else { quiet.first_byte.or(quiet.idle) };
+            if limit.is_some_and(|limit| now.duration_since(last_input) > limit) {
                 return Ok(SessionEnd::Idle);
             }
         }
@@ -359,7 +373,13 @@ fn accept_loop(listener: &TcpListener, service: &Arc<Service>, stop: &Arc<Atomic
             Ok((stream, peer)) => {
                 workers.retain(|w| !w.is_finished());
                 if workers.len() >= service.config.max_connections {
-                    refuse_busy(stream, service);
+                    let service = Arc::clone(service);
+                    let spawned = thread::Builder::new()
+                        .name("tcp-busy".into())
+                        .spawn(move || refuse_busy(stream, &service));
+                    if let Err(e) = spawned {
+                        warn!(error = %e, "cannot start a thread to refuse a connection");
+                    }
                     continue;
                 }
                 let service = Arc::clone(service);
@@ -397,7 +417,9 @@ fn serve_tcp(stream: TcpStream, peer: SocketAddr, service: &Service, stop: &Atom
         return;
     }
     info!(%peer, "tcp connection opened");
-    match service.serve_until_idle(stream, stop, service.config.idle_timeout) {
+    let quiet =
+        Quiet { first_byte: service.config.first_byte_timeout, idle: service.config.idle_timeout };
+    match service.serve_until_idle(stream, stop, quiet) {
         Ok(end) => info!(%peer, ?end, "tcp connection ended"),
         Err(e) => warn!(%peer, error = %e, "tcp connection failed"),
     }
@@ -418,6 +440,20 @@ fn refuse_busy(mut stream: TcpStream, service: &Service) {
     });
     if let Err(e) = sent {
         debug!(error = %e, "busy reply not delivered");
+        return;
+    }
+    // Close gently: stop writing, then read and drop what the client sends for a moment, so the
+    // close does not reset the connection and discard the reply before the client reads it.
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + BUSY_LINGER;
+    let mut sink = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if is_wait(&e) => {}
+            Err(_) => break,
+        }
     }
 }
 
