@@ -11,9 +11,10 @@ demo:
 test:
     cargo test --workspace --features tvunet-device/ort
 
-# Train the shipped recipe on the labelled slices.
+# Train the default model's recipe (models/tvunet-medseg-fast.md) on the labelled slices;
+# add --all-slices for the final model, --backend tch where tvunet was built with libtorch.
 train out="runs/medseg" *args="":
-    cargo run -p tvunet -- train --data {{data}} --out {{out}} {{args}}
+    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 100 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 8 {{args}}
 
 # k-fold cross-validation of a training recipe, two folds side by side (see bench/cv.sh).
 cv out="runs/cv" folds="5" *args="":
