@@ -49,11 +49,11 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_bytes: 64 * 1024,
-            // Any CT matrix (512 to 1024 pixels a side) and most screen exports; a larger slice
-            // is refused by name rather than let one request take the box's memory.
-            max_slice_pixels: 2048 * 2048,
-            // A 2048 x 2048 slice in Hounsfield units (8 MiB) with room to spare.
-            max_message_bytes: 16 * 1024 * 1024,
+            // Any CT matrix (512 to 1024 pixels a side). A larger slice is refused by name: at
+            // 2048 x 2048 the device's peak memory passes its 64 MiB budget (BENCHMARKS.md).
+            max_slice_pixels: 1024 * 1024,
+            // A 1024 x 1024 slice in Hounsfield units (2 MiB) with room to spare.
+            max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
