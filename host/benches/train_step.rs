@@ -38,7 +38,7 @@ fn main() {
     let base = arg("--base", 16);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/medseg");
     let slices = data::read_folder(&root, Target::Infection).expect("fixture slices");
-    let cfg = UNetConfig { depth: 4, base, input_size: size };
+    let cfg = UNetConfig { depth: 4, base, input_size: size, separable: false };
     let mut rng = data::epoch_rng(7, 1);
     let side = size as usize;
 

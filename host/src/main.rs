@@ -227,6 +227,9 @@ struct TrainArgs {
     /// Side of the square model input, pixels.
     #[arg(long, default_value_t = 256)]
     input_size: u32,
+    /// Depthwise-separable blocks (depthwise 3x3 then 1x1) instead of plain 3x3 convolutions.
+    #[arg(long)]
+    separable: bool,
     /// Stop after the epoch that passes this many minutes (0 = no limit).
     #[arg(long, default_value_t = 0.0)]
     max_minutes: f64,
@@ -305,7 +308,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let labelled_train =
         if a.all_slices { slices.len() } else { slices.len() - slices.len() / a.folds };
     let cfg = train::TrainConfig {
-        unet: model::UNetConfig { depth: a.depth, base: a.base, input_size: a.input_size },
+        unet: model::UNetConfig {
+            depth: a.depth,
+            base: a.base,
+            input_size: a.input_size,
+            separable: a.separable,
+        },
         target: a.data.target,
         epochs: a.epochs,
         batch_size: a.batch_size,

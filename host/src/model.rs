@@ -16,42 +16,75 @@ pub struct UNetConfig {
     pub base: usize,
     /// Side of the square input, pixels; a multiple of `2^depth`.
     pub input_size: u32,
+    /// Depthwise-separable blocks: every 3x3 convolution whose input has more than one channel
+    /// becomes a depthwise 3x3 (one filter per input channel) followed by a 1x1 convolution.
+    #[serde(default)]
+    pub separable: bool,
 }
 
 impl Default for UNetConfig {
     fn default() -> Self {
-        Self { depth: 4, base: 16, input_size: 256 }
+        Self { depth: 4, base: 16, input_size: 256, separable: false }
     }
 }
 
-/// Two 3x3 convolutions, each followed by batch norm and ReLU.
+/// Two 3x3 convolutions, each followed by batch norm and ReLU. In a separable block each 3x3
+/// convolution is `dw` (depthwise 3x3, no norm or activation) then `conv` (1x1).
 #[derive(Module, Debug)]
 pub struct ConvBlock {
+    pub dw1: Option<Conv2d>,
     pub conv1: Conv2d,
     pub bn1: BatchNorm,
+    pub dw2: Option<Conv2d>,
     pub conv2: Conv2d,
     pub bn2: BatchNorm,
     relu: Relu,
 }
 
+/// A 3x3 convolution, plain or as depthwise 3x3 + pointwise 1x1.
+fn conv3x3(
+    c_in: usize,
+    c_out: usize,
+    separable: bool,
+    device: &Device,
+) -> (Option<Conv2d>, Conv2d) {
+    let same = PaddingConfig2d::Explicit(1, 1, 1, 1);
+    if separable && c_in > 1 {
+        let dw = Conv2dConfig::new([c_in, c_in], [3, 3])
+            .with_groups(c_in)
+            .with_padding(same)
+            .init(device);
+        (Some(dw), Conv2dConfig::new([c_in, c_out], [1, 1]).init(device))
+    } else {
+        (None, Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(same).init(device))
+    }
+}
+
 impl ConvBlock {
-    pub(crate) fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
-        let conv = |ci, co| {
-            Conv2dConfig::new([ci, co], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device)
-        };
+    pub(crate) fn new(c_in: usize, c_out: usize, separable: bool, device: &Device) -> Self {
+        let (dw1, conv1) = conv3x3(c_in, c_out, separable, device);
+        let (dw2, conv2) = conv3x3(c_out, c_out, separable, device);
         Self {
-            conv1: conv(c_in, c_out),
+            dw1,
+            conv1,
             bn1: BatchNormConfig::new(c_out).init(device),
-            conv2: conv(c_out, c_out),
+            dw2,
+            conv2,
             bn2: BatchNormConfig::new(c_out).init(device),
             relu: Relu::new(),
         }
     }
 
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = match &self.dw1 {
+            Some(dw) => dw.forward(x),
+            None => x,
+        };
         let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        let x = match &self.dw2 {
+            Some(dw) => dw.forward(x),
+            None => x,
+        };
         self.relu.forward(self.bn2.forward(self.conv2.forward(x)))
     }
 }
@@ -74,6 +107,13 @@ pub struct UNet {
 }
 
 impl UNetConfig {
+    /// The `tvunet.architecture` metadata value: `unet depth D base B`, then `separable` where
+    /// the blocks are.
+    pub fn architecture(&self) -> String {
+        let kind = if self.separable { " separable" } else { "" };
+        format!("unet depth {} base {}{kind}", self.depth, self.base)
+    }
+
     /// Channels at level `i` (0 = full resolution).
     pub fn channels(&self, level: usize) -> usize {
         self.base << level
@@ -93,10 +133,10 @@ impl UNetConfig {
         let mut down = Vec::new();
         let mut c_in = 1;
         for level in 0..self.depth {
-            down.push(ConvBlock::new(c_in, self.channels(level), device));
+            down.push(ConvBlock::new(c_in, self.channels(level), self.separable, device));
             c_in = self.channels(level);
         }
-        let bottom = ConvBlock::new(c_in, self.channels(self.depth), device);
+        let bottom = ConvBlock::new(c_in, self.channels(self.depth), self.separable, device);
         let up = (0..self.depth)
             .rev()
             .map(|level| {
@@ -105,7 +145,7 @@ impl UNetConfig {
                     up: ConvTranspose2dConfig::new([2 * c, c], [2, 2])
                         .with_stride([2, 2])
                         .init(device),
-                    block: ConvBlock::new(2 * c, c, device),
+                    block: ConvBlock::new(2 * c, c, self.separable, device),
                 }
             })
             .collect();

@@ -117,9 +117,10 @@ fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
         .context("input size in the model metadata")?;
     let arch = props.get("tvunet.architecture").context("no tvunet.architecture metadata")?;
     let words: Vec<&str> = arch.split_whitespace().collect();
-    let (depth, base) = match words.as_slice() {
-        ["unet", "depth", d, "base", b] => (d.parse()?, b.parse()?),
-        _ => bail!("tvunet.architecture `{arch}` is not `unet depth D base B`"),
+    let (depth, base, separable) = match words.as_slice() {
+        ["unet", "depth", d, "base", b] => (d.parse()?, b.parse()?, false),
+        ["unet", "depth", d, "base", b, "separable"] => (d.parse()?, b.parse()?, true),
+        _ => bail!("tvunet.architecture `{arch}` is not `unet depth D base B [separable]`"),
     };
     let graph = model.graph.as_ref().context("model has no graph")?;
     let init: HashMap<&str, &TensorProto> =
@@ -131,13 +132,33 @@ fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
         let b = init.get(format!("{name}.bias").as_str()).context(format!("no {name}.bias"))?;
         ensure!(w.dims.len() == 4, "{name}.weight has {} dimensions, not 4", w.dims.len());
         let d = |i: usize| w.dims[i] as usize;
-        Ok(FoldedConv { dims: [d(0), d(1), d(2), d(3)], weight: f32s(w)?, bias: f32s(b)? })
+        let group = graph
+            .node
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.attribute.iter().find(|a| a.name == "group"))
+            .map_or(1, |a| a.i as usize);
+        Ok(FoldedConv { dims: [d(0), d(1), d(2), d(3)], weight: f32s(w)?, bias: f32s(b)?, group })
+    };
+    let depthwise = |name: &str| -> Result<Option<FoldedConv>> {
+        let dw = format!("{name}.depthwise");
+        if init.contains_key(format!("{dw}.weight").as_str()) {
+            Ok(Some(conv(&dw)?))
+        } else {
+            Ok(None)
+        }
     };
     let block = |name: &str| -> Result<FoldedBlock> {
-        Ok(FoldedBlock(conv(&format!("{name}.conv1"))?, conv(&format!("{name}.conv2"))?))
+        let (c1, c2) = (format!("{name}.conv1"), format!("{name}.conv2"));
+        Ok(FoldedBlock {
+            dw1: depthwise(&c1)?,
+            conv1: conv(&c1)?,
+            dw2: depthwise(&c2)?,
+            conv2: conv(&c2)?,
+        })
     };
     Ok(FoldedUNet {
-        config: UNetConfig { depth, base, input_size },
+        config: UNetConfig { depth, base, input_size, separable },
         down: (0..depth).map(|l| block(&format!("down{l}"))).collect::<Result<_>>()?,
         bottom: block("bottom")?,
         up: (0..depth)
@@ -149,9 +170,19 @@ fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
 }
 
 /// Names of the fp32 graph's tensors whose ranges the integer graph needs, in a fixed order.
-fn calibration_points(depth: usize) -> Vec<String> {
+fn calibration_points(depth: usize, separable: bool) -> Vec<String> {
     let mut names = vec!["slice".to_string()];
-    let block = |n: &str| vec![format!("{n}.conv1.relu.out"), format!("{n}.conv2.relu.out")];
+    let block = |n: &str| {
+        let mut v = Vec::new();
+        for conv in ["conv1", "conv2"] {
+            // The first block's first convolution sees one channel and stays plain.
+            if separable && !(n == "down0" && conv == "conv1") {
+                v.push(format!("{n}.{conv}.depthwise.out"));
+            }
+            v.push(format!("{n}.{conv}.relu.out"));
+        }
+        v
+    };
     for l in 0..depth {
         names.extend(block(&format!("down{l}")));
     }
@@ -276,6 +307,7 @@ impl Writer<'_> {
         x: &QTensor,
         weight: &[f32],
         dims: [usize; 4],
+        group: usize,
         bias: &[f32],
         out: QParams,
     ) -> QTensor {
@@ -312,17 +344,11 @@ impl Writer<'_> {
             raw_data: b_q,
             ..Default::default()
         });
-        let pad = (dims[2] / 2) as i64;
-        let attrs = vec![
-            onnx::ints("kernel_shape", &[dims[2] as i64, dims[3] as i64]),
-            onnx::ints("pads", &[pad, pad, pad, pad]),
-            onnx::ints("strides", &[1, 1]),
-        ];
         let y = self.g.node(
             "QLinearConv",
             name,
             &[&x.name, &xs, &xz, &w, &ws, &wz, &ys, &yz, &b],
-            attrs,
+            onnx::conv_attributes(dims, group),
         );
         QTensor { name: y, q: out }
     }
@@ -330,12 +356,22 @@ impl Writer<'_> {
     /// conv + ReLU: the ReLU is the u8 clamp of an output with zero point 0.
     fn qconv_relu(&mut self, name: &str, x: &QTensor, c: &FoldedConv) -> Result<QTensor> {
         let out = QParams::non_negative(self.range(&format!("{name}.relu.out"))?);
-        Ok(self.qconv(name, x, &c.weight, c.dims, &c.bias, out))
+        Ok(self.qconv(name, x, &c.weight, c.dims, c.group, &c.bias, out))
     }
 
     fn block(&mut self, name: &str, x: &QTensor, b: &FoldedBlock) -> Result<QTensor> {
-        let y = self.qconv_relu(&format!("{name}.conv1"), x, &b.0)?;
-        self.qconv_relu(&format!("{name}.conv2"), &y, &b.1)
+        let mut x = x.clone();
+        for (conv, dw, c) in [("conv1", &b.dw1, &b.conv1), ("conv2", &b.dw2, &b.conv2)] {
+            let name = format!("{name}.{conv}");
+            if let Some(dw) = dw {
+                // No activation after the depthwise filter: its output keeps both signs.
+                let dw_name = format!("{name}.depthwise");
+                let out = QParams::covering(self.range(&format!("{dw_name}.out"))?);
+                x = self.qconv(&dw_name, &x, &dw.weight, dw.dims, dw.group, &dw.bias, out);
+            }
+            x = self.qconv_relu(&name, &x, c)?;
+        }
+        Ok(x)
     }
 
     fn dequantize(&mut self, name: &str, x: &QTensor) -> String {
@@ -368,7 +404,7 @@ impl Writer<'_> {
             }
         }
         let out = QParams::covering(self.range(&format!("{name}.out"))?);
-        let y = self.qconv(name, x, &weight, [c_out * 4, c_in, 1, 1], &bias, out);
+        let y = self.qconv(name, x, &weight, [c_out * 4, c_in, 1, 1], 1, &bias, out);
         let attrs = vec![onnx::int("blocksize", 2), onnx::string("mode", "CRD")];
         let d2s = self.g.node("DepthToSpace", &format!("{name}.d2s"), &[&y.name], attrs);
         Ok(QTensor { name: d2s, q: out })
@@ -440,7 +476,7 @@ pub fn quantize(
         bail!("no calibration slices");
     }
     let side = net.config.input_size as usize;
-    let points = calibration_points(net.config.depth);
+    let points = calibration_points(net.config.depth, net.config.separable);
     let ranges = calibrate(&fp32, side, &points, calib, method)?;
     for p in &points {
         tracing::debug!(point = p.as_str(), min = ranges[p].min, max = ranges[p].max, "range");

@@ -17,11 +17,20 @@ pub struct FoldedConv {
     pub weight: Vec<f32>,
     /// One bias per output channel.
     pub bias: Vec<f32>,
+    /// Channel groups (ONNX `group`): 1 for a plain convolution, the channel count for a
+    /// depthwise one.
+    pub group: usize,
 }
 
-/// Two folded 3x3 convolutions, each followed by ReLU.
+/// Two folded 3x3 convolutions, each followed by ReLU; in a separable block each is a depthwise
+/// 3x3 (`dw1`, `dw2`, no activation) then a 1x1 convolution.
 #[derive(Debug, Clone)]
-pub struct FoldedBlock(pub FoldedConv, pub FoldedConv);
+pub struct FoldedBlock {
+    pub dw1: Option<FoldedConv>,
+    pub conv1: FoldedConv,
+    pub dw2: Option<FoldedConv>,
+    pub conv2: FoldedConv,
+}
 
 /// The whole network, batch norm folded, evaluation mode.
 #[derive(Debug, Clone)]
@@ -43,7 +52,8 @@ fn plain(conv: &Conv2d) -> FoldedConv {
     let w = conv.weight.val();
     let dims = w.dims();
     let bias = conv.bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; dims[0]]);
-    FoldedConv { dims, weight: values(&conv.weight), bias }
+    // Burn's weight is out x (in / groups) x kh x kw, as ONNX's.
+    FoldedConv { dims, weight: values(&conv.weight), bias, group: conv.groups }
 }
 
 /// Folds `bn(conv(x))` into one convolution:
@@ -66,7 +76,12 @@ fn fold(conv: &Conv2d, bn: &BatchNorm) -> FoldedConv {
 }
 
 fn block(b: &ConvBlock) -> FoldedBlock {
-    FoldedBlock(fold(&b.conv1, &b.bn1), fold(&b.conv2, &b.bn2))
+    FoldedBlock {
+        dw1: b.dw1.as_ref().map(plain),
+        conv1: fold(&b.conv1, &b.bn1),
+        dw2: b.dw2.as_ref().map(plain),
+        conv2: fold(&b.conv2, &b.bn2),
+    }
 }
 
 impl FoldedUNet {
@@ -84,7 +99,8 @@ impl FoldedUNet {
                     let w = u.up.weight.val();
                     let dims = w.dims();
                     let bias = u.up.bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; dims[1]]);
-                    (FoldedConv { dims, weight: values(&u.up.weight), bias }, block(&u.block))
+                    let up = FoldedConv { dims, weight: values(&u.up.weight), bias, group: 1 };
+                    (up, block(&u.block))
                 })
                 .collect(),
             head: plain(&model.head),

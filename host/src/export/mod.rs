@@ -72,7 +72,7 @@ pub fn export(
         (keys::VERSION, env!("CARGO_PKG_VERSION").to_string()),
         (keys::GIT_COMMIT, git_commit()),
         (keys::PRECISION, "fp32".to_string()),
-        ("tvunet.architecture", format!("unet depth {} base {}", cfg.unet.depth, cfg.unet.base)),
+        ("tvunet.architecture", cfg.unet.architecture()),
         ("tvunet.lambda_tv", format!("{}", cfg.lambda_tv)),
     ]
     .into_iter()

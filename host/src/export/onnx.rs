@@ -71,6 +71,20 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
     }
 }
 
+/// `Conv` attributes for a stride-1 convolution of weight shape `dims` with "same" padding.
+pub fn conv_attributes(dims: [usize; 4], group: usize) -> Vec<AttributeProto> {
+    let pad = (dims[2] / 2) as i64;
+    let mut attrs = vec![
+        ints("kernel_shape", &[dims[2] as i64, dims[3] as i64]),
+        ints("pads", &[pad, pad, pad, pad]),
+        ints("strides", &[1, 1]),
+    ];
+    if group > 1 {
+        attrs.push(int("group", group as i64));
+    }
+    attrs
+}
+
 /// Accumulates nodes and initializers with readable dotted names.
 #[derive(Default)]
 pub struct Graph {
@@ -107,13 +121,7 @@ impl Graph {
 
     fn conv(&mut self, name: &str, x: &str, c: &FoldedConv, relu: bool) -> String {
         let (w, b) = self.weights(name, c, c.dims[0]);
-        let pad = (c.dims[2] / 2) as i64;
-        let attrs = vec![
-            ints("kernel_shape", &[c.dims[2] as i64, c.dims[3] as i64]),
-            ints("pads", &[pad, pad, pad, pad]),
-            ints("strides", &[1, 1]),
-        ];
-        let y = self.node("Conv", name, &[x, &w, &b], attrs);
+        let y = self.node("Conv", name, &[x, &w, &b], conv_attributes(c.dims, c.group));
         if relu {
             self.node("Relu", &format!("{name}.relu"), &[&y], vec![])
         } else {
@@ -122,8 +130,14 @@ impl Graph {
     }
 
     fn block(&mut self, name: &str, x: &str, b: &FoldedBlock) -> String {
-        let y = self.conv(&format!("{name}.conv1"), x, &b.0, true);
-        self.conv(&format!("{name}.conv2"), &y, &b.1, true)
+        let mut x = x.to_string();
+        for (conv, dw, c) in [("conv1", &b.dw1, &b.conv1), ("conv2", &b.dw2, &b.conv2)] {
+            if let Some(dw) = dw {
+                x = self.conv(&format!("{name}.{conv}.depthwise"), &x, dw, false);
+            }
+            x = self.conv(&format!("{name}.{conv}"), &x, c, true);
+        }
+        x
     }
 }
 

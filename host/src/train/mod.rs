@@ -617,7 +617,7 @@ mod tests {
         let ex = data::example(largest, 64);
         let device = Device::flex().autodiff();
         device.seed(1);
-        let cfg = UNetConfig { depth: 2, base: 8, input_size: 64 };
+        let cfg = UNetConfig { depth: 2, base: 8, input_size: 64, separable: false };
         let prior = ex.target.iter().sum::<f32>() as f64 / ex.target.len() as f64;
         let mut model = init_with_prior(&cfg, prior, &device);
         let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
