@@ -35,8 +35,8 @@ pub mod keys {
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read model {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read model {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("model is not a readable ONNX file: {0}")]
     Parse(String),
     #[error("model metadata key `{key}` is missing")]
@@ -218,7 +218,7 @@ impl Segmenter {
     /// As [`Segmenter::load`]; [`ModelError::Prepare`] when the engine is not available.
     pub fn load_with(path: &Path, engine: Engine) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path)
-            .map_err(|source| ModelError::Read { path: path.display().to_string(), source })?;
+            .map_err(|cause| ModelError::Read { path: path.display().to_string(), cause })?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Self::from_bytes_with(&bytes, &name, engine)
     }

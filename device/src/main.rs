@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 use tvunet_device::display::StatusDisplay;
@@ -57,7 +58,7 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Engine::Tract)]
     engine: Engine,
     /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = thread_count)]
     threads: usize,
     /// Serial device to serve, e.g. /dev/ttyUSB0.
     #[arg(long)]
@@ -109,7 +110,7 @@ struct InferArgs {
     #[arg(long, value_enum, default_value_t = Engine::Tract)]
     engine: Engine,
     /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = thread_count)]
     threads: usize,
     /// PNG or JPEG slices.
     #[arg(required = true)]
@@ -128,8 +129,18 @@ struct InferArgs {
     max_slice_pixels: u64,
 }
 
+/// Parses a thread count: a whole number of at least 1, so that 0 is a usage error like any
+/// other bad argument.
+fn thread_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a thread count: give a whole number of at least 1")),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -65,7 +65,7 @@ impl PixelSpacing {
             if mm.is_finite() && mm > 0.0 {
                 Ok(mm)
             } else {
-                Err(format!("spacing {mm} mm is not positive"))
+                Err(format!("spacing {mm} mm is not a finite positive number"))
             }
         };
         Ok(Self { row_mm: parse(row)?, col_mm: parse(col)? })

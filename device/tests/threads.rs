@@ -42,3 +42,19 @@ fn two_threads_match_one_on_real_slices() {
     assert!(err.to_string().contains("threads: 0"), "{err}");
     assert_eq!(threads(), 2, "a refused setting leaves the last one in place");
 }
+
+/// `--threads 0` on the command line is a usage error (exit 2) that names the value.
+#[test]
+fn zero_threads_on_the_command_line_is_a_usage_error() {
+    let model = root().join("models/tvunet-medseg-fast.onnx");
+    let slice = root().join("tests/fixtures/medseg/images/2.jpg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tvunet-edge"))
+        .args(["infer", "--threads", "0", "--model"])
+        .arg(&model)
+        .arg(&slice)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`0` is not a thread count"), "{err}");
+}

@@ -57,8 +57,8 @@ pub struct LabelledSlice {
 /// Why a labelled set could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: {why}")]
     Image { path: PathBuf, why: String },
     #[error("slice {image} has no mask: expected {mask}")]
@@ -74,7 +74,7 @@ pub enum DataError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |cause| DataError::Io { path: path.to_path_buf(), cause }
 }
 
 /// Reads a MedSeg-style folder: `images/<id>.jpg|png` with `masks_multiclass/<id>.png` (palette

@@ -61,7 +61,7 @@ impl Framebuffer {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let fail = |source| DisplayError { path: path.display().to_string(), source };
+        let fail = |cause| DisplayError { path: path.display().to_string(), cause };
         self.to_image()
             .save_with_format(&tmp, image::ImageFormat::Png)
             .map_err(|e| fail(std::io::Error::other(e)))?;
@@ -94,10 +94,10 @@ impl DrawTarget for Framebuffer {
 
 /// The status PNG could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write status screen {path}: {source}")]
+#[error("cannot write status screen {path}: {cause}")]
 pub struct DisplayError {
     path: String,
-    source: std::io::Error,
+    cause: std::io::Error,
 }
 
 /// What the link is doing.

@@ -61,13 +61,14 @@ impl Default for LinkConfig {
     }
 }
 
-/// Why a link operation failed.
+/// Why a link operation failed. Each message carries its cause's text, so no variant also
+/// exposes the cause as `source` (which would print it twice in an error chain).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("link I/O failed: {0}")]
-    Io(#[from] io::Error),
-    #[error("cannot open serial port {path}: {source}")]
-    Serial { path: String, source: serialport::Error },
+    Io(io::Error),
+    #[error("cannot open serial port {path}: {cause}")]
+    Serial { path: String, cause: serialport::Error },
     #[error("the peer closed the link")]
     Closed,
     #[error("no {what} within {waited_ms} ms")]
@@ -80,6 +81,12 @@ pub enum LinkError {
     Unexpected { expected: &'static str, got: &'static str },
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: Box<LinkError> },
+}
+
+impl From<io::Error> for LinkError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 impl LinkError {
@@ -142,4 +149,18 @@ pub(crate) fn write_frames<W: Write>(
     }
     out.flush()?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cause's text is in the message once; an error chain printing sources would
+    /// otherwise repeat it ("link I/O failed: reset: reset").
+    #[test]
+    fn io_errors_name_their_cause_once() {
+        let e = LinkError::from(io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer"));
+        assert_eq!(e.to_string(), "link I/O failed: reset by peer");
+        assert!(std::error::Error::source(&e).is_none());
+    }
 }

@@ -521,7 +521,7 @@ pub(crate) fn open_port(
     serialport::new(path, baud)
         .timeout(poll)
         .open()
-        .map_err(|source| LinkError::Serial { path: path.to_string(), source })
+        .map_err(|cause| LinkError::Serial { path: path.to_string(), cause })
 }
 
 fn serial_loop(
