@@ -29,6 +29,8 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 fn main() {
+    // As `tvunet-edge` does, so the request over TCP and the peak RSS are the device's.
+    tvunet_device::memory::one_allocator_arena();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let model =

@@ -5,6 +5,7 @@
 pub mod display;
 pub mod inference;
 pub mod link;
+pub mod memory;
 #[cfg(feature = "ort")]
 pub mod ort_engine;
 pub mod postprocess;

@@ -139,6 +139,7 @@ fn thread_count(text: &str) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
+    tvunet_device::memory::one_allocator_arena();
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
