@@ -139,7 +139,6 @@ fn thread_count(text: &str) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
-    tvunet_device::memory::one_allocator_arena();
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
@@ -147,6 +146,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any link thread starts.
+    tvunet_device::memory::one_allocator_arena();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),

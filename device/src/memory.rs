@@ -1,11 +1,10 @@
-//! Keeping the device's peak memory to its working set.
+//! Keeping the device's peak memory near its working set.
 //!
 //! glibc gives every thread that allocates a heap of its own (an arena), and memory freed in
 //! one arena is not handed to another. The device loads the model on the main thread and runs
 //! each request on its link's thread, so the model's load-time buffers and a request's
-//! inference buffers would both stay resident, one in each arena: 97 MiB peak instead of 66 for
-//! a separable base-16 network, 56 instead of 46 for the base-8 one (BENCHMARKS.md). The device
-//! runs one inference at a time, so a single arena costs no lock contention.
+//! inference buffers would both stay resident, one in each arena. The device runs one
+//! inference at a time, so a single arena costs no lock contention. Figures: BENCHMARKS.md.
 
 /// Makes every thread allocate from one heap. Call before any other thread starts; a no-op
 /// where the C library is not glibc.
