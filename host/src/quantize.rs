@@ -301,16 +301,8 @@ impl Writer<'_> {
     }
 
     /// `QLinearConv` with per-tensor symmetric i8 weights; output quantised with `out`.
-    fn qconv(
-        &mut self,
-        name: &str,
-        x: &QTensor,
-        weight: &[f32],
-        dims: [usize; 4],
-        group: usize,
-        bias: &[f32],
-        out: QParams,
-    ) -> QTensor {
+    fn qconv(&mut self, name: &str, x: &QTensor, c: &FoldedConv, out: QParams) -> QTensor {
+        let (weight, dims, bias) = (&c.weight, c.dims, &c.bias);
         let w_max = weight.iter().fold(0f32, |m, w| m.max(w.abs())).max(1e-12);
         let w_scale = w_max / 127.0;
         let w_q: Vec<u8> =
@@ -348,7 +340,7 @@ impl Writer<'_> {
             "QLinearConv",
             name,
             &[&x.name, &xs, &xz, &w, &ws, &wz, &ys, &yz, &b],
-            onnx::conv_attributes(dims, group),
+            onnx::conv_attributes(dims, c.group),
         );
         QTensor { name: y, q: out }
     }
@@ -356,7 +348,7 @@ impl Writer<'_> {
     /// conv + ReLU: the ReLU is the u8 clamp of an output with zero point 0.
     fn qconv_relu(&mut self, name: &str, x: &QTensor, c: &FoldedConv) -> Result<QTensor> {
         let out = QParams::non_negative(self.range(&format!("{name}.relu.out"))?);
-        Ok(self.qconv(name, x, &c.weight, c.dims, c.group, &c.bias, out))
+        Ok(self.qconv(name, x, c, out))
     }
 
     fn block(&mut self, name: &str, x: &QTensor, b: &FoldedBlock) -> Result<QTensor> {
@@ -367,7 +359,7 @@ impl Writer<'_> {
                 // No activation after the depthwise filter: its output keeps both signs.
                 let dw_name = format!("{name}.depthwise");
                 let out = QParams::covering(self.range(&format!("{dw_name}.out"))?);
-                x = self.qconv(&dw_name, &x, &dw.weight, dw.dims, dw.group, &dw.bias, out);
+                x = self.qconv(&dw_name, &x, dw, out);
             }
             x = self.qconv_relu(&name, &x, c)?;
         }
@@ -404,7 +396,8 @@ impl Writer<'_> {
             }
         }
         let out = QParams::covering(self.range(&format!("{name}.out"))?);
-        let y = self.qconv(name, x, &weight, [c_out * 4, c_in, 1, 1], 1, &bias, out);
+        let as_1x1 = FoldedConv { dims: [c_out * 4, c_in, 1, 1], weight, bias, group: 1 };
+        let y = self.qconv(name, x, &as_1x1, out);
         let attrs = vec![onnx::int("blocksize", 2), onnx::string("mode", "CRD")];
         let d2s = self.g.node("DepthToSpace", &format!("{name}.d2s"), &[&y.name], attrs);
         Ok(QTensor { name: d2s, q: out })
