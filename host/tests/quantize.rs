@@ -1,6 +1,8 @@
 //! int8 quantisation of the shipped model on real slices: the file loads in the device's tract
 //! code, is about 4x smaller, keeps the masks, and onnxruntime agrees where Python has it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,15 +23,7 @@ fn shipped_model_quantizes_within_the_accuracy_budget() {
     let fp32 = root().join("models/tvunet-medseg.onnx");
     let int8 = dir.path().join("m.int8.onnx");
     let fx = root().join("tests/fixtures/medseg");
-    let out = tvunet(&[
-        "quantize",
-        "--model",
-        fp32.to_str().unwrap(),
-        "--calib",
-        fx.join("images").to_str().unwrap(),
-        "--out",
-        int8.to_str().unwrap(),
-    ]);
+    let out = common::quantize(&fp32, &int8);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let a = Segmenter::load(&fp32).unwrap();

@@ -2,28 +2,15 @@
 //! `group` convolutions that match burn in tract, quantizes to an integer graph tract runs, and
 //! onnxruntime agrees with tract on both files where Python has it.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{fixtures, onnxruntime_agrees, python_has_onnx, tvunet};
 use prost::Message;
 use tract_onnx::pb::ModelProto;
 use tvunet::data::{self, Target};
-use tvunet_device::{preprocess, Segmenter};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tvunet(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tvunet")).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "tvunet {args:?} failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
+use tvunet_device::Segmenter;
 
 /// `(node name, group)` of every convolution in `model` with a `group` attribute above 1.
 fn grouped_convs(model: &Path) -> Vec<(String, i64)> {
@@ -42,46 +29,11 @@ fn grouped_convs(model: &Path) -> Vec<(String, i64)> {
         .collect()
 }
 
-fn python_has_onnx() -> bool {
-    Command::new("python3")
-        .args(["-c", "import onnx, onnxruntime, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// onnx.checker and onnxruntime on `model`, against tract's probabilities on the fixtures.
-fn onnxruntime_agrees(model: &Path, dir: &Path, slices: &[data::LabelledSlice]) {
-    let seg = Segmenter::load(model).unwrap();
-    let side = seg.meta().input_size;
-    let (mut planes, mut probs) = (Vec::new(), Vec::new());
-    for s in slices {
-        let plane = preprocess::model_input(&s.image, side);
-        probs.extend(seg.probability_plane(&plane).unwrap());
-        planes.extend(plane);
-    }
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    std::fs::write(dir.join("planes.f32"), bytes(&planes)).unwrap();
-    std::fs::write(dir.join("tract.f32"), bytes(&probs)).unwrap();
-    let o = Command::new("python3")
-        .arg(root().join("tests/python/ort_check.py"))
-        .arg(model)
-        .arg(dir.join("planes.f32"))
-        .arg(dir.join("tract.f32"))
-        .arg(side.to_string())
-        .output()
-        .unwrap();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    println!("{}: {text}", model.display());
-    assert!(o.status.success(), "onnx.checker / onnxruntime on {}: {text}", model.display());
-}
-
 #[test]
 fn separable_network_trains_exports_and_quantizes() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let fx = root().join("tests/fixtures/medseg");
+    let fx = fixtures();
     let (run_s, fx_s) = (run.to_str().unwrap(), fx.to_str().unwrap());
     tvunet(&[
         "train",
@@ -133,15 +85,8 @@ fn separable_network_trains_exports_and_quantizes() {
     assert_eq!(grouped, expected);
 
     let int8 = dir.path().join("sep.int8.onnx");
-    tvunet(&[
-        "quantize",
-        "--model",
-        fp32.to_str().unwrap(),
-        "--calib",
-        fx.join("images").to_str().unwrap(),
-        "--out",
-        int8.to_str().unwrap(),
-    ]);
+    let out = common::quantize(&fp32, &int8);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let q = Segmenter::load(&int8).unwrap();
     assert_eq!(q.meta().precision, "int8");
     let grouped_int8: Vec<String> = grouped_convs(&int8).into_iter().map(|(n, _)| n).collect();

@@ -1,34 +1,15 @@
 //! Train -> export on real slices: the loss falls, the ONNX file matches burn in tract, and the
 //! ONNX reference tools accept it where Python has them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
+
+use common::{fixtures, python_has_onnx, tvunet};
 
 use tvunet::data::{self, Target};
 use tvunet_device::{preprocess, Segmenter};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/medseg")
-}
-
-fn tvunet(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tvunet")).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "tvunet {args:?} failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-fn python_has_onnx() -> bool {
-    Command::new("python3")
-        .args(["-c", "import onnx, onnxruntime, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 /// A small network trained for a few epochs on real slices lowers its loss, exports, passes the
 /// tract parity check, refuses a run without checkpoints, and runs in onnxruntime.
