@@ -28,8 +28,11 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+// As `tvunet-edge` does, so the request over TCP and the peak RSS are the device's.
+#[global_allocator]
+static ALLOCATOR: tvunet_device::memory::TensorHeap = tvunet_device::memory::TensorHeap::new();
+
 fn main() {
-    // As `tvunet-edge` does, so the request over TCP and the peak RSS are the device's.
     tvunet_device::memory::one_allocator_arena();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -122,6 +125,11 @@ fn main() {
         ms(tcp_m),
         tcp_m.as_secs_f64() / bare_m.as_secs_f64(),
         link_bytes / (iterations * slices.len()) as u64
+    );
+    let (_, peak_live) = ALLOCATOR.live_bytes();
+    println!(
+        "large buffers    at most {:.1} MiB live at once (model and buffers of 256 KiB and up)",
+        peak_live as f64 / (1 << 20) as f64
     );
     if let Some(kib) = peak_rss_kib() {
         println!(

@@ -173,6 +173,7 @@ pub fn set_threads(threads: usize) -> Result<(), ModelError> {
     if threads == 0 {
         return Err(ModelError::Prepare("threads: 0 given, at least 1 is needed".into()));
     }
+    prepare_tract();
     THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
     set_default_executor(if threads == 1 {
         Executor::SingleThread
@@ -186,6 +187,28 @@ pub fn set_threads(threads: usize) -> Result<(), ModelError> {
 /// Threads a single inference may use (see [`set_threads`]).
 pub fn threads() -> usize {
     THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Keeps tract off its Intel AMX int8 matrix kernel. On CPUs that have AMX (Xeon Sapphire
+/// Rapids and later), tract-linalg 0.23.9 picks that kernel for int8 models, and it reads past
+/// the end of its packed input: when the buffer ends at the edge of the heap's mapped memory
+/// the process dies with a segmentation fault, seemingly at random. Without it, tract uses its
+/// AVX-512 VNNI kernel, whose integer sums are identical. The setting sits below the
+/// environment, so `TRACT_CPU_ISA` set by an operator still wins. Called before any model is
+/// prepared ([`Segmenter`] does; so must other code that prepares models with tract).
+pub fn prepare_tract() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Err(e) = tract_onnx::prelude::tract_data::knobs::set_config_global(
+                "TRACT_CPU_ISA",
+                "-amx-int8",
+            ) {
+                tracing::warn!("could not keep tract off its AMX int8 kernel: {e:#}");
+            }
+        });
+    }
 }
 
 enum Runner {
@@ -238,6 +261,7 @@ impl Segmenter {
     /// As [`Segmenter::from_bytes`]; [`ModelError::Prepare`] when the engine is not built in
     /// or its library cannot be loaded.
     pub fn from_bytes_with(bytes: &[u8], name: &str, engine: Engine) -> Result<Self, ModelError> {
+        prepare_tract();
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
@@ -361,5 +385,21 @@ impl Segmenter {
             link_bytes: None,
         };
         Ok((report, mask))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tract_never_dispatches_to_its_amx_int8_kernel() {
+        use tract_onnx::prelude::tract_linalg::{isa, knobs};
+        if std::env::var_os("TRACT_CPU_ISA").is_some() {
+            return; // an operator's setting wins; nothing of ours to check
+        }
+        super::prepare_tract();
+        assert_eq!(knobs::TRACT_CPU_ISA.get().as_deref(), Some("-amx-int8"));
+        // On a CPU with AMX the probed set had it; the set tract dispatches from does not.
+        assert!(!isa::native().has(isa::Isa::X86_64AmxInt8));
     }
 }

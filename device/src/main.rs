@@ -138,6 +138,10 @@ fn thread_count(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Large inference buffers are kept for the next slice instead of fragmenting the heap.
+#[global_allocator]
+static ALLOCATOR: tvunet_device::memory::TensorHeap = tvunet_device::memory::TensorHeap::new();
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())

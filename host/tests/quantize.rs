@@ -17,6 +17,16 @@ fn tvunet(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tvunet")).args(args).output().unwrap()
 }
 
+/// int8 against fp32 on `slices`: pooled Dice drops by at most 0.005, at least 99 % of mask
+/// pixels agree, and the int8 model still marks lesions.
+fn within_the_accuracy_budget(fp32: &Segmenter, int8: &Segmenter, slices: &[data::LabelledSlice]) {
+    let c = tvunet::quantize::compare(fp32, int8, slices).unwrap();
+    println!("{c:?}");
+    assert!(c.dice_int8 >= c.dice_fp32 - 0.005, "pooled Dice {} -> {}", c.dice_fp32, c.dice_int8);
+    assert!(c.mask_agreement >= 0.99, "masks agree on {}", c.mask_agreement);
+    assert!(c.int8_lesion_fraction > 0.01, "int8 model still marks lesions");
+}
+
 #[test]
 fn shipped_model_quantizes_within_the_accuracy_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,11 +45,7 @@ fn shipped_model_quantizes_within_the_accuracy_budget() {
     assert!(nb * 3 < na, "int8 file {nb} bytes against fp32 {na}");
 
     let slices = data::read_folder(&fx, Target::Infection).unwrap();
-    let c = tvunet::quantize::compare(&a, &b, &slices).unwrap();
-    println!("{c:?}");
-    assert!(c.dice_int8 >= c.dice_fp32 - 0.005, "pooled Dice {} -> {}", c.dice_fp32, c.dice_int8);
-    assert!(c.mask_agreement >= 0.99, "masks agree on {}", c.mask_agreement);
-    assert!(c.int8_lesion_fraction > 0.01, "int8 model still marks lesions");
+    within_the_accuracy_budget(&a, &b, &slices);
 
     // Quantizing twice is refused with the reason.
     let again = tvunet(&[
@@ -86,4 +92,31 @@ fn shipped_model_quantizes_within_the_accuracy_budget() {
         format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     println!("{text}");
     assert!(o.status.success(), "onnx.checker / onnxruntime on the int8 file: {text}");
+}
+
+#[test]
+fn mse_calibration_quantizes_the_default_model_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = root().join("models/tvunet-medseg-separable.onnx");
+    let int8 = dir.path().join("sep.int8.onnx");
+    let fx = root().join("tests/fixtures/medseg");
+    let out = tvunet(&[
+        "quantize",
+        "--model",
+        fp32.to_str().unwrap(),
+        "--calib",
+        fx.join("images").to_str().unwrap(),
+        "--method",
+        "mse",
+        "--out",
+        int8.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("calibrated with mse on 4 slices"), "{stdout}");
+
+    let a = Segmenter::load(&fp32).unwrap();
+    let b = Segmenter::load(&int8).unwrap();
+    let slices = data::read_folder(&fx, Target::Infection).unwrap();
+    within_the_accuracy_budget(&a, &b, &slices);
 }
