@@ -42,10 +42,11 @@ eval m=model dir=data out="out/eval":
 serve m=model addr="127.0.0.1:7878":
     cargo run -p tvunet-device --bin tvunet-edge -- serve --model {{m}} --tcp {{addr}}
 
-# Check that the device builds for aarch64 Linux.
+# Check that the device builds for aarch64 Linux. tract's assembly kernels need a C cross
+# compiler (Debian: apt install gcc-aarch64-linux-gnu).
 cross:
     rustup target add aarch64-unknown-linux-gnu
-    cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
+    CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
 
 # Formatting and lints as CI wants them.
 lint:

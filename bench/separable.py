@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Writes an untrained U-Net ONNX file of a given shape for latency measurement only.
 
-    python3 bench/separable.py OUT.onnx DEPTH BASE SIDE plain|separable
+    python3 bench/separable.py OUT.onnx DEPTH BASE SIDE plain|separable [transposed|nearest]
 
 The graph has the layout `tvunet export` writes (conv + bias + ReLU with batch norm folded,
 2x2 max-pool, 2x2 transposed-conv up-sampling, skip concatenation, 1x1 head, sigmoid) and the
 same metadata keys, so the device bench and bench/ort.py load it like a shipped model. With
 `separable` every 3x3 convolution becomes a depthwise 3x3 convolution (one filter per input
 channel) followed by a pointwise 1x1 convolution and ReLU, the MobileNet-style block.
+
+The up-sampling is a 2x2 stride-2 transposed convolution (what `tvunet export` writes) or, with
+`nearest`, a nearest-neighbour `Resize` by 2 followed by a 1x1 convolution to the same channels.
 
 Weights are random (He initialisation, fixed seed): latency does not depend on their values,
 so this lets a network shape be timed in tract and onnxruntime before anyone trains it.
@@ -59,7 +62,7 @@ class Graph:
         return self.conv3(f"{name}.conv2", x, c_out, c_out, pixels, separable)
 
 
-def build(depth, base, side, separable):
+def build(depth, base, side, separable, upsample="transposed"):
     g = Graph()
     x, c_in, skips = "slice", 1, []
     for level in range(depth):
@@ -74,11 +77,21 @@ def build(depth, base, side, separable):
     c_in = c_bottom
     for level in reversed(range(depth)):
         skip, c = skips[level]
-        w = g.weight(f"up{level}.weight", (c_in, c, 2, 2), c_in * 4)
-        b = g.bias(f"up{level}.bias", c)
-        g.macs += c_in * c * 4 * (side >> (level + 1)) ** 2
-        g.nodes.append(helper.make_node(
-            "ConvTranspose", [x, w, b], [f"up{level}.out"], kernel_shape=[2, 2], strides=[2, 2]))
+        if upsample == "nearest":
+            scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), f"up{level}.scales")
+            g.inits.append(scales)
+            g.nodes.append(helper.make_node("Resize", [x, "", scales.name], [f"up{level}.resized"],
+                                            mode="nearest"))
+            # A 1x1 convolution without ReLU, writing `up{level}.out` as the transposed one does.
+            g.conv(f"up{level}", f"up{level}.resized", c_in, c, 1, (side >> level) ** 2,
+                   relu=False)
+        else:
+            w = g.weight(f"up{level}.weight", (c_in, c, 2, 2), c_in * 4)
+            b = g.bias(f"up{level}.bias", c)
+            g.macs += c_in * c * 4 * (side >> (level + 1)) ** 2
+            g.nodes.append(helper.make_node(
+                "ConvTranspose", [x, w, b], [f"up{level}.out"], kernel_shape=[2, 2],
+                strides=[2, 2]))
         g.nodes.append(helper.make_node("Concat", [f"up{level}.out", skip], [f"up{level}.cat"],
                                         axis=1))
         x = g.block(f"up{level}.block", f"up{level}.cat", 2 * c, c, (side >> level) ** 2,
@@ -106,13 +119,17 @@ def build(depth, base, side, separable):
 
 
 def main():
-    if len(sys.argv) != 6 or sys.argv[5] not in ("plain", "separable"):
+    if len(sys.argv) not in (6, 7) or sys.argv[5] not in ("plain", "separable"):
         sys.exit(__doc__)
-    out, depth, base, side, kind = sys.argv[1:]
-    model, macs = build(int(depth), int(base), int(side), kind == "separable")
+    out, depth, base, side, kind = sys.argv[1:6]
+    upsample = sys.argv[6] if len(sys.argv) == 7 else "transposed"
+    if upsample not in ("transposed", "nearest"):
+        sys.exit(__doc__)
+    model, macs = build(int(depth), int(base), int(side), kind == "separable", upsample)
     onnx.save(model, out)
     params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
-    print(f"{out}: {kind}, depth {depth}, base {base}, side {side}, {params} parameters, "
+    print(f"{out}: {kind}, {upsample} up-sampling, depth {depth}, base {base}, side {side}, "
+          f"{params} parameters, "
           f"{macs / 1e9:.2f} GMAC")
 
 
