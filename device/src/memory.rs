@@ -10,7 +10,10 @@
 //! space, managed by a two-level segregated fit allocator (the `rlsf` crate), which splits and
 //! merges free blocks. Nothing small lands between the large buffers, so freed neighbours merge
 //! and the next slice's buffers reuse the same pages: what stays resident is close to the
-//! largest set of buffers live at once.
+//! largest set of buffers live at once. The heap keeps those pages for the life of the
+//! process, which is the point (no page faults per slice); the slice size limit and
+//! [`crate::preprocess::resize_map`]'s care with long thin slices keep that high-water mark
+//! bounded.
 //!
 //! glibc also gives every thread that allocates a heap of its own (an arena). The device loads
 //! the model on the main thread and runs each request on its link's thread, so small load-time

@@ -238,6 +238,16 @@ pub fn resize_map(map: &[f32], from: (u32, u32), to: (u32, u32)) -> Vec<f32> {
     if from == to {
         return map.to_vec();
     }
+    // The image crate resizes the columns first, into a buffer of from.0 x to.1 pixels at 16
+    // bytes each. For a long thin slice (65535 x 16 to 256 x 256: 268 MB) that buffer dwarfs
+    // both maps, so the rows are resized first instead; every buffer then stays within the
+    // larger of the two maps.
+    let columns_first = u64::from(from.0) * u64::from(to.1);
+    let larger_map = (u64::from(from.0) * u64::from(from.1)).max(u64::from(to.0) * u64::from(to.1));
+    if columns_first > larger_map {
+        let rows_resized = resize_map(map, from, (to.0, from.1));
+        return resize_map(&rows_resized, (to.0, from.1), to);
+    }
     // The image crate clamps f32 pixels to 0..=1 while filtering, so the map is brought into
     // that range and back; the triangle filter never leaves the input's range.
     let low = map.iter().copied().fold(f32::INFINITY, f32::min);
@@ -281,6 +291,24 @@ mod tests {
     use super::*;
 
     /// Resizing keeps the values of a map outside 0..1 (grey levels), not clamped.
+    #[test]
+    fn a_long_thin_slice_resizes_like_a_square_one() {
+        // A ramp along a 4096 x 4 strip to 64 x 64: resizing the rows first (the path that
+        // keeps memory small) gives what the image crate's own order gives, within rounding.
+        let strip: Vec<f32> = (0..4 * 4096).map(|i| (i % 4096) as f32 / 4095.0).collect();
+        let square = resize_map(&strip, (4096, 4), (64, 64));
+        let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
+            ImageBuffer::from_raw(4096, 4, strip.clone()).unwrap();
+        let direct = image::imageops::resize(&buf, 64, 64, FilterType::Triangle).into_raw();
+        assert_eq!(square.len(), direct.len());
+        let worst = square.iter().zip(&direct).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "largest difference {worst}");
+        // And back to the strip's shape.
+        let back = resize_map(&square, (64, 64), (4096, 4));
+        assert_eq!(back.len(), 4 * 4096);
+        assert!((back[2048] - strip[2048]).abs() < 0.02, "{} against {}", back[2048], strip[2048]);
+    }
+
     #[test]
     fn resize_keeps_grey_levels() {
         let map: Vec<f32> = (0..16).map(|i| (i * 16) as f32).collect();
