@@ -46,7 +46,8 @@ serve m=model addr="127.0.0.1:7878":
 # compiler (Debian: apt install gcc-aarch64-linux-gnu).
 cross:
     rustup target add aarch64-unknown-linux-gnu
-    CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
+    CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+        cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
 
 # Formatting and lints as CI wants them.
 lint:

@@ -78,7 +78,8 @@ def build(depth, base, side, separable, upsample="transposed"):
     for level in reversed(range(depth)):
         skip, c = skips[level]
         if upsample == "nearest":
-            scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), f"up{level}.scales")
+            scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32),
+                                             f"up{level}.scales")
             g.inits.append(scales)
             g.nodes.append(helper.make_node("Resize", [x, "", scales.name], [f"up{level}.resized"],
                                             mode="nearest"))
