@@ -9,6 +9,7 @@ pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod pretext;
 pub mod pseudo;
 pub mod quantize;
 pub mod train;

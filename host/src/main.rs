@@ -30,6 +30,9 @@ enum Command {
     /// Pseudo-label unlabelled slices with a teacher model, keeping the confident ones, for
     /// `train --extra-data`.
     PseudoLabel(PseudoArgs),
+    /// Write a restoration task on unlabelled slices (rectangles painted over, the original as
+    /// target) for self-supervised pre-training: `train --data` on it, then `--init-from`.
+    Pretext(PretextArgs),
     /// Evaluate a model file (fp32 or int8) on a labelled folder with the device's inference code.
     Eval(EvalArgs),
     /// Send slices to a device over TCP or a serial port; write masks, overlays and reports.
@@ -146,6 +149,22 @@ struct PseudoArgs {
     /// Average the teacher over the four flips of each slice.
     #[arg(long)]
     flips: bool,
+}
+
+#[derive(Args)]
+struct PretextArgs {
+    /// Folder of unlabelled slices (.jpg or .png).
+    #[arg(long)]
+    images: PathBuf,
+    /// Output folder (images/, masks_soft/, masks_binary/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Slices written, spread evenly over the folder.
+    #[arg(long, default_value_t = 1600)]
+    count: usize,
+    /// Seed of the rectangles and their noise.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -420,6 +439,14 @@ fn run_pseudo(a: PseudoArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_pretext(a: PretextArgs) -> Result<()> {
+    let opts =
+        tvunet::pretext::PretextOptions { count: a.count, seed: a.seed, ..Default::default() };
+    let (written, refused) = tvunet::pretext::write_pretext(&a.images, &a.out, &opts)?;
+    println!("wrote {written} slices ({refused} refused) to {}", a.out.display());
+    Ok(())
+}
+
 fn run_eval(a: EvalArgs) -> Result<()> {
     let mut slices = read_labelled(&a.data.data, a.data.target)?;
     if let Some(split) = &a.split {
@@ -492,6 +519,7 @@ fn main() {
         Command::Export(a) => run_export(a),
         Command::Quantize(a) => run_quantize(a),
         Command::PseudoLabel(a) => run_pseudo(a),
+        Command::Pretext(a) => run_pretext(a),
         Command::Eval(a) => run_eval(a),
         Command::Send(a) => run_send(a),
         Command::Demo(a) => run_demo(a),
