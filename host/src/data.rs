@@ -348,6 +348,54 @@ impl Default for Augment {
     }
 }
 
+/// A change of window applied to stored grey values, to test how a model copes with slices
+/// exported differently: `v' = scale * 255 * (v / 255)^gamma + offset`, rounded and clamped
+/// to 0..=255. The identity is gamma 1, scale 1, offset 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GreyChange {
+    /// Exponent on the grey value scaled to 0..1 (below 1 brightens the darks).
+    pub gamma: f32,
+    /// Factor after the gamma (below 1 narrows the grey range: a wider window).
+    pub scale: f32,
+    /// Grey levels added last.
+    pub offset: f32,
+}
+
+impl GreyChange {
+    /// Whether the change leaves every grey value as it is.
+    pub fn is_identity(&self) -> bool {
+        self.gamma == 1.0 && self.scale == 1.0 && self.offset == 0.0
+    }
+
+    /// Refuses a gamma or scale that is not a positive finite number, or an offset that is not
+    /// finite, naming the value.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [("gamma", self.gamma), ("scale", self.scale)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("grey {name} {v} must be a positive number"));
+            }
+        }
+        if !self.offset.is_finite() {
+            return Err(format!("grey offset {} must be a finite number", self.offset));
+        }
+        Ok(())
+    }
+
+    /// Applies the change to every pixel of `slice`.
+    pub fn apply(&self, slice: &mut GraySlice) {
+        let lut: Vec<u8> = (0..=255u8)
+            .map(|v| {
+                let unit = f32::from(v) / 255.0;
+                (self.scale * 255.0 * unit.powf(self.gamma) + self.offset).round().clamp(0.0, 255.0)
+                    as u8
+            })
+            .collect();
+        for p in &mut slice.pixels {
+            *p = lut[usize::from(*p)];
+        }
+    }
+}
+
 /// Resizes a slice and its mask to the model side without augmentation.
 pub fn example(slice: &LabelledSlice, side: u32) -> Example {
     let plane = preprocess::model_input(&slice.image, side);
@@ -529,6 +577,26 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, expected, "each id is validated in exactly one fold");
+    }
+
+    /// A greyer export (scale 0.6, offset 60) maps black to 60 and white to 213; gamma 2 darkens
+    /// mid-greys; the identity changes nothing; a negative scale is refused.
+    #[test]
+    fn grey_changes_rewindow_the_stored_values() {
+        let base = GraySlice::new(4, 1, vec![0, 64, 128, 255]).unwrap();
+        let mut s = base.clone();
+        GreyChange { gamma: 1.0, scale: 0.6, offset: 60.0 }.apply(&mut s);
+        assert_eq!(s.pixels, vec![60, 98, 137, 213]);
+        let mut s = base.clone();
+        GreyChange { gamma: 2.0, scale: 1.0, offset: 0.0 }.apply(&mut s);
+        assert_eq!(s.pixels, vec![0, 16, 64, 255]);
+        let identity = GreyChange { gamma: 1.0, scale: 1.0, offset: 0.0 };
+        assert!(identity.is_identity());
+        let mut s = base.clone();
+        identity.apply(&mut s);
+        assert_eq!(s, base);
+        let bad = GreyChange { scale: -1.0, ..identity };
+        assert!(bad.check().unwrap_err().contains("-1"));
     }
 
     /// Augmentation keeps the mask aligned: with no rotation, scale or flip the mask is unchanged.

@@ -183,6 +183,16 @@ struct EvalArgs {
     /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = tvunet_device::Engine::Tract)]
     engine: tvunet_device::Engine,
+    /// Re-window every slice before inference (a robustness check): grey values go through
+    /// this gamma, then --grey-scale and --grey-offset (see `data::GreyChange`).
+    #[arg(long, default_value_t = 1.0)]
+    grey_gamma: f32,
+    /// Factor on the grey values after the gamma (below 1: a wider, greyer window).
+    #[arg(long, default_value_t = 1.0)]
+    grey_scale: f32,
+    /// Grey levels added last (0..255 scale); results are clamped to 0..255.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    grey_offset: f32,
 }
 
 #[derive(Args)]
@@ -464,6 +474,15 @@ fn run_eval(a: EvalArgs) -> Result<()> {
              the figures are not a test on unseen data (use --split RUN/split.json, or the \
              model card's split, for the held-out part)"
         );
+    }
+    let change =
+        data::GreyChange { gamma: a.grey_gamma, scale: a.grey_scale, offset: a.grey_offset };
+    if !change.is_identity() {
+        change.check().map_err(anyhow::Error::msg)?;
+        for s in &mut slices {
+            change.apply(&mut s.image);
+        }
+        eprintln!("every slice re-windowed: {change:?}");
     }
     let r = eval::evaluate(&a.model, a.engine, &slices, &a.data.data, &a.out)?;
     let d = &r.at_default;
