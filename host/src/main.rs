@@ -270,6 +270,10 @@ struct TrainArgs {
     /// Start from the best checkpoint of another run with the same network (fine-tuning).
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
+    /// With --init-from, start the output head afresh and take only the rest of the network
+    /// (for a run pre-trained on another task, such as `tvunet pretext`).
+    #[arg(long, requires = "init_from")]
+    fresh_head: bool,
     /// Epochs without validation-loss improvement before the learning rate is halved.
     #[arg(long, default_value_t = 5)]
     plateau_patience: usize,
@@ -370,6 +374,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         crop: a.crop,
         crops_per_slice: a.crops_per_slice,
         backend: a.backend,
+        fresh_head: a.fresh_head,
     };
     train::train(&slices, &extra, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
     Ok(())

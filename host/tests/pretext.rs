@@ -1,7 +1,11 @@
 //! `tvunet pretext` on real slices: the folder it writes reads back as training slices whose
 //! input is the painted slice and whose target is the original, and it never overwrites a set.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{fixtures, tvunet};
 
 use tvunet::data::{self, Target};
 use tvunet::pretext::{write_pretext, PretextOptions};
@@ -53,4 +57,40 @@ fn a_pretext_set_reads_back_as_painted_slices_with_the_original_as_target() {
             std::fs::read(twin.join(&name)).unwrap()
         );
     }
+}
+
+/// Training loss of each epoch, from a run's epochs.csv.
+fn losses(run: &Path) -> Vec<f64> {
+    let csv = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+    csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect()
+}
+
+/// Pre-train on the restoration task, then fine-tune on the lesion masks: with --fresh-head the
+/// run keeps the pre-trained body and starts the head at the lesion prior, so its first epoch
+/// costs less than one that keeps the restoration head (which paints the slice, not lesions).
+#[test]
+fn a_pretrained_run_fine_tunes_on_lesions_with_a_fresh_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let pretext = dir.path().join("pretext");
+    write_pretext(&images(), &pretext, &PretextOptions::default()).unwrap();
+    let net = ["--depth", "2", "--base", "4", "--input-size", "64", "--folds", "2"];
+    let steps = ["--batch-size", "2", "--lr", "3e-3"];
+    let run = |data: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--data", data.to_str().unwrap(), "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend(net.iter().chain(&steps).chain(extra));
+        tvunet(&args);
+    };
+    let pre = dir.path().join("pre");
+    run(&pretext, &pre, &["--epochs", "3", "--all-slices"]);
+    let pre_s = pre.to_str().unwrap();
+    let fresh = dir.path().join("fresh");
+    run(&fixtures(), &fresh, &["--epochs", "1", "--init-from", pre_s, "--fresh-head"]);
+    let kept = dir.path().join("kept");
+    run(&fixtures(), &kept, &["--epochs", "1", "--init-from", pre_s]);
+
+    let config = std::fs::read_to_string(fresh.join("config.json")).unwrap();
+    assert!(config.contains("\"fresh_head\": true"), "{config}");
+    let (fresh_loss, kept_loss) = (losses(&fresh)[0], losses(&kept)[0]);
+    assert!(fresh_loss < kept_loss, "fresh head {fresh_loss} against kept head {kept_loss}");
 }

@@ -83,6 +83,11 @@ pub struct TrainConfig {
     /// burn backend the run computes on; validation runs on the same backend.
     #[serde(default)]
     pub backend: TrainBackend,
+    /// With an `init_from` run, start the output head afresh (the lesion prior, as a run from
+    /// scratch) and take only the rest of the network: for a run pre-trained on another task,
+    /// such as the restoration task of `tvunet pretext`.
+    #[serde(default)]
+    pub fresh_head: bool,
 }
 
 fn one() -> usize {
@@ -381,10 +386,11 @@ pub fn train(
         let lesion_px: usize =
             train_set.iter().map(|s| s.mask.iter().filter(|&&v| v != 0).count()).sum();
         let total_px: usize = train_set.iter().map(|s| s.mask.len()).sum();
+        let prior = lesion_px as f64 / total_px.max(1) as f64;
         let model = match init_from {
             Some(other) => {
                 let other = RunDir(other.to_path_buf());
-                let (other_cfg, model) = other.load_model(true, &device)?;
+                let (other_cfg, mut model) = other.load_model(true, &device)?;
                 if other_cfg.unet != cfg.unet {
                     bail!(
                         "--init-from {}: its network {:?} differs from {:?}",
@@ -394,9 +400,13 @@ pub fn train(
                     );
                 }
                 tracing::info!("starting from {}", other.best().display());
+                if cfg.fresh_head {
+                    model.head = init_with_prior(&cfg.unet, prior, &device).head;
+                    tracing::info!("output head started afresh");
+                }
                 model
             }
-            None => init_with_prior(&cfg.unet, lesion_px as f64 / total_px.max(1) as f64, &device),
+            None => init_with_prior(&cfg.unet, prior, &device),
         };
         (model, state)
     };
