@@ -15,27 +15,10 @@ import os
 import sys
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from PIL import Image
 
-DATA = "../shared/data/medseg/infnet_medseg100"
+from fold_models import probability, session, slice_and_mask
+
 THRESHOLDS = [0.3, 0.35, 0.4, 0.45, 0.5]
-
-
-def probability(session, side, image):
-    plane = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), np.float32)
-    plane = (plane - plane.mean()) / max(plane.std(), 1.0)
-    name = session.get_inputs()[0].name
-    prob = session.run(None, {name: plane[None, None]})[0][0, 0]
-    return np.asarray(Image.fromarray(prob).resize(image.shape[::-1], Image.BILINEAR))
-
-
-def session(path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    side = int({p.key: p.value for p in onnx.load(path).metadata_props}["tvunet.input_size"])
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]), side
 
 
 def main():
@@ -46,10 +29,9 @@ def main():
         split = json.load(open(f"{roots[0]}/fold{k}/split.json"))
         models = [session(f"{r}/fold{k}.onnx") for r in roots]
         for sid in split["validation"]:
-            image = np.asarray(Image.open(f"{DATA}/images/{sid}.jpg").convert("L"))
-            truths[(k, sid)] = np.asarray(Image.open(f"{DATA}/masks_binary/{sid}.png")) > 127
-            for r, (s, side) in zip(roots, models):
-                probs[(r, k, sid)] = probability(s, side, image)
+            image, truths[(k, sid)] = slice_and_mask(sid)
+            for r, model in zip(roots, models):
+                probs[(r, k, sid)] = probability(model, image)
 
     def scores(combo, threshold, k):
         out = []

@@ -16,23 +16,13 @@ import json
 import sys
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from PIL import Image
 from scipy import ndimage
 
-DATA = "../shared/data/medseg/infnet_medseg100"
+from fold_models import probability, session, slice_and_mask
+
 THRESHOLDS = [0.3, 0.35, 0.4, 0.45, 0.5]
 HIGH = [0.0, 0.6, 0.7, 0.8, 0.9]
 MIN_SHARE = [0.0, 0.0002, 0.0005, 0.001, 0.002]
-
-
-def probability(session, side, image):
-    plane = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), np.float32)
-    plane = (plane - plane.mean()) / max(plane.std(), 1.0)
-    name = session.get_inputs()[0].name
-    prob = session.run(None, {name: plane[None, None]})[0][0, 0]
-    return np.asarray(Image.fromarray(prob).resize(image.shape[::-1], Image.BILINEAR))
 
 
 def dice(pred, truth):
@@ -60,16 +50,10 @@ def main():
     scores = {}
     for k in range(5):
         split = json.load(open(f"{root}/fold{k}/split.json"))
-        model = f"{root}/fold{k}.onnx"
-        meta = {p.key: p.value for p in onnx.load(model).metadata_props}
-        side = int(meta["tvunet.input_size"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        model = session(f"{root}/fold{k}.onnx")
         for sid in split["validation"]:
-            image = np.asarray(Image.open(f"{DATA}/images/{sid}.jpg").convert("L"))
-            truth = np.asarray(Image.open(f"{DATA}/masks_binary/{sid}.png")) > 127
-            prob = probability(session, side, image)
+            image, truth = slice_and_mask(sid)
+            prob = probability(model, image)
             for g in grid:
                 scores.setdefault((k, g), []).append(dice(post(prob, *g), truth))
     folds = sorted({k for k, _ in scores})

@@ -36,6 +36,7 @@ import json, pathlib, sys
 dice = []
 for report in sorted(pathlib.Path(sys.argv[1]).glob("eval*/report.json")):
     dice += [d for _, d in json.loads(report.read_text())["per_slice"]]
-print(f"{sys.argv[2]:32s} mean per slice {sum(dice) / len(dice):.3f}  worst {min(dice):.3f}  ({len(dice)} slices)")
+mean = sum(dice) / len(dice)
+print(f"{sys.argv[2]:32s} mean per slice {mean:.3f}  worst {min(dice):.3f}  ({len(dice)} slices)")
 PY
 done

@@ -496,6 +496,22 @@ fn bilinear(img: &[f32], n: usize, x: f32, y: f32) -> Option<f32> {
     Some(top * (1.0 - fy) + bottom * fy)
 }
 
+/// Reads one unlabelled slice for a pass over a folder: `Ok(None)`, with a warning, when the
+/// file is not a slice worth segmenting (not a greyscale JPEG or PNG, or without contrast).
+///
+/// # Errors
+/// Only when the file cannot be read.
+pub fn read_unlabelled(path: &Path) -> Result<Option<GraySlice>, DataError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    match GraySlice::decode(&bytes).and_then(|s| s.check_contrast().map(|()| s)) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            tracing::warn!("{} skipped: {e}", path.display());
+            Ok(None)
+        }
+    }
+}
+
 /// The `.jpg`, `.jpeg` and `.png` files directly in `dir` whose names contain `name_contains`
 /// (all when `None`), sorted by name, then `count` of them spread evenly over that list.
 ///

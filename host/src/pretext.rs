@@ -118,14 +118,9 @@ pub fn write_pretext(images: &Path, out: &Path, opts: &PretextOptions) -> Result
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let (mut written, mut refused) = (0usize, 0usize);
     for path in files {
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let slice = match GraySlice::decode(&bytes).and_then(|s| s.check_contrast().map(|()| s)) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("{} skipped: {e}", path.display());
-                refused += 1;
-                continue;
-            }
+        let Some(slice) = crate::data::read_unlabelled(&path)? else {
+            refused += 1;
+            continue;
         };
         let pair = pretext_pair(&slice, opts, &mut rng);
         let stem = path.file_stem().and_then(|n| n.to_str()).unwrap_or("slice");

@@ -92,14 +92,9 @@ pub fn pseudo_label(
     writeln!(csv, "file,lesion_px,uncertain_share,kept")?;
     let (mut scored, mut refused) = (Vec::new(), 0usize);
     for path in files {
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let slice = match GraySlice::decode(&bytes).and_then(|s| s.check_contrast().map(|()| s)) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("{} skipped: {e}", path.display());
-                refused += 1;
-                continue;
-            }
+        let Some(slice) = crate::data::read_unlabelled(&path)? else {
+            refused += 1;
+            continue;
         };
         let prob = if opts.flips {
             flipped_mean(teacher, &slice)?
