@@ -67,7 +67,7 @@ fn main() {
     let side = segmenter.meta().input_size;
     let file_bytes = std::fs::metadata(&model).unwrap().len();
 
-    let plane = tvunet_device::preprocess::model_input(&slices[0].1, side);
+    let plane = segmenter.input_plane(&slices[0].1);
     let mut net = Vec::new();
     let mut bare = Vec::new();
     for _ in 0..iterations {

@@ -16,7 +16,7 @@ use crate::preprocess::{self, GraySlice, PixelSpacing};
 pub mod keys {
     /// Side of the square model input, pixels.
     pub const INPUT_SIZE: &str = "tvunet.input_size";
-    /// Name of the input normalisation; must equal [`crate::preprocess::NORMALISATION`].
+    /// Name of the input normalisation, one of [`crate::preprocess::Normalisation`]'s names.
     pub const NORMALISATION: &str = "tvunet.normalisation";
     /// Default probability threshold, in (0, 1).
     pub const THRESHOLD: &str = "tvunet.threshold";
@@ -60,6 +60,8 @@ pub struct ModelMeta {
     pub target: String,
     /// Number representation of the weights.
     pub precision: String,
+    /// How slices become the input plane.
+    pub normalisation: preprocess::Normalisation,
     /// All `metadata_props`, as written.
     pub props: HashMap<String, String>,
 }
@@ -83,9 +85,9 @@ impl ModelMeta {
             return Err(bad(keys::INPUT_SIZE, size, "must be a multiple of 16 in 16..=2048"));
         }
         let norm = get(keys::NORMALISATION)?;
-        if norm != preprocess::NORMALISATION {
-            return Err(bad(keys::NORMALISATION, norm, "this runtime only knows zscore-per-slice"));
-        }
+        let normalisation = preprocess::Normalisation::from_name(norm).ok_or_else(|| {
+            bad(keys::NORMALISATION, norm, "not `zscore-per-slice` or `tissue-anchored`")
+        })?;
         let t = get(keys::THRESHOLD)?;
         let threshold: f32 = t.parse().map_err(|_| bad(keys::THRESHOLD, t, "not a number"))?;
         if threshold.is_nan() || threshold <= 0.0 || threshold >= 1.0 {
@@ -96,7 +98,7 @@ impl ModelMeta {
             return Err(bad(keys::TARGET, &target, "must be `infection` or `ggo`"));
         }
         let precision = props.get(keys::PRECISION).cloned().unwrap_or_else(|| "fp32".into());
-        Ok(Self { input_size, threshold, target, precision, props })
+        Ok(Self { input_size, threshold, target, precision, normalisation, props })
     }
 }
 
@@ -343,13 +345,19 @@ impl Segmenter {
         }
     }
 
+    /// The model's input plane for `slice`: resized to the model's side and normalised as its
+    /// metadata says.
+    pub fn input_plane(&self, slice: &GraySlice) -> Vec<f32> {
+        preprocess::model_input(slice, self.meta.input_size, self.meta.normalisation)
+    }
+
     /// Probability map of a slice at the slice's own size.
     ///
     /// # Errors
     /// [`ModelError::Run`] when tract fails.
     pub fn probability(&self, slice: &GraySlice) -> Result<Vec<f32>, ModelError> {
         let side = self.meta.input_size;
-        let plane = preprocess::model_input(slice, side);
+        let plane = self.input_plane(slice);
         let prob = self.probability_plane(&plane)?;
         Ok(preprocess::resize_map(&prob, (side, side), (slice.width, slice.height)))
     }
@@ -390,6 +398,31 @@ impl Segmenter {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn props(normalisation: &str) -> HashMap<String, String> {
+        [
+            (keys::INPUT_SIZE, "64"),
+            (keys::NORMALISATION, normalisation),
+            (keys::THRESHOLD, "0.4"),
+            (keys::TARGET, "infection"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The metadata picks the normalisation; a name this runtime does not know is refused with
+    /// the key and the value.
+    #[test]
+    fn metadata_names_the_normalisation() {
+        for norm in preprocess::Normalisation::ALL {
+            assert_eq!(ModelMeta::from_props(props(norm.name())).unwrap().normalisation, norm);
+        }
+        let err = ModelMeta::from_props(props("minmax")).unwrap_err().to_string();
+        assert!(err.contains("tvunet.normalisation") && err.contains("`minmax`"), "{err}");
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn tract_never_dispatches_to_its_amx_int8_kernel() {

@@ -4,9 +4,46 @@
 use image::{imageops::FilterType, ImageBuffer, Luma};
 use serde::{Deserialize, Serialize};
 
-/// Name written into the model's metadata for [`normalise`]; a model asking for another
-/// normalisation is refused.
-pub const NORMALISATION: &str = "zscore-per-slice";
+/// How a slice's grey values become the network's input plane. The model's metadata names it
+/// (`tvunet.normalisation`); a model asking for another is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalisation {
+    /// Zero mean and unit deviation over the slice ([`normalise`]).
+    #[default]
+    ZscorePerSlice,
+    /// The median grey level of the dark class (air and aerated lung) to -1 and that of the
+    /// bright class (soft tissue and bone) to +1, the classes split by Otsu's threshold
+    /// ([`anchor_to_tissue`]).
+    TissueAnchored,
+}
+
+impl Normalisation {
+    /// Every normalisation this runtime knows.
+    pub const ALL: [Normalisation; 2] =
+        [Normalisation::ZscorePerSlice, Normalisation::TissueAnchored];
+
+    /// The name written into the model's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalisation::ZscorePerSlice => "zscore-per-slice",
+            Normalisation::TissueAnchored => "tissue-anchored",
+        }
+    }
+
+    /// The normalisation called `name` in a model's metadata, if this runtime knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|n| n.name() == name)
+    }
+
+    /// Normalises a plane of grey values in place.
+    pub fn apply(self, values: &mut [f32]) {
+        match self {
+            Normalisation::ZscorePerSlice => normalise(values),
+            Normalisation::TissueAnchored => anchor_to_tissue(values),
+        }
+    }
+}
 
 /// Fewest grey levels between the 1st and 99th percentile of a slice worth segmenting; a CT
 /// slice in any window spans far more (air to soft tissue). Percentiles rather than the darkest
@@ -274,15 +311,79 @@ pub fn normalise(values: &mut [f32]) {
     }
 }
 
+/// Otsu's threshold over 256 grey-level bins: the level `t` that best separates `< t` from
+/// `>= t` (largest between-class variance); 128 when there is one level only.
+pub fn otsu_threshold(histogram: &[u64; 256]) -> usize {
+    let total: f64 = histogram.iter().map(|&n| n as f64).sum();
+    let sum_all: f64 = histogram.iter().enumerate().map(|(v, &n)| v as f64 * n as f64).sum();
+    let (mut below, mut sum_below) = (0f64, 0f64);
+    let (mut best_t, mut best_var) = (128, -1f64);
+    for t in 1..256 {
+        below += histogram[t - 1] as f64;
+        sum_below += (t - 1) as f64 * histogram[t - 1] as f64;
+        let above = total - below;
+        if below == 0.0 || above == 0.0 {
+            continue;
+        }
+        let var = below * above * (sum_below / below - (sum_all - sum_below) / above).powi(2);
+        if var > best_var {
+            (best_t, best_var) = (t, var);
+        }
+    }
+    best_t
+}
+
+/// Histogram of grey values rounded and clamped to 0..=255.
+fn grey_histogram(values: &[f32]) -> [u64; 256] {
+    let mut histogram = [0u64; 256];
+    for &v in values {
+        histogram[v.round().clamp(0.0, 255.0) as usize] += 1;
+    }
+    histogram
+}
+
+/// Median bin of `histogram[range]`.
+fn median_bin(histogram: &[u64; 256], range: std::ops::Range<usize>) -> f32 {
+    let count: u64 = histogram[range.clone()].iter().sum();
+    let mut seen = 0;
+    for level in range.clone() {
+        seen += histogram[level];
+        if 2 * seen >= count {
+            return level as f32;
+        }
+    }
+    range.start as f32
+}
+
+/// Maps grey values so that the median of the dark class (air, aerated lung) lands on -1 and
+/// the median of the bright class (soft tissue, bone) on +1, Otsu's threshold splitting them.
+///
+/// Per-slice standardisation moves soft tissue with the share of the slice it fills: on a slice
+/// that is mostly heart and liver, the heart lands near the mean, where ground glass sits on
+/// other slices. The class medians stay where the tissues are, whatever their share, and a
+/// linear change of window moves them with the tissues. The span is floored at 8 grey levels so
+/// a nearly flat slice stays finite.
+pub fn anchor_to_tissue(values: &mut [f32]) {
+    let histogram = grey_histogram(values);
+    let t = otsu_threshold(&histogram);
+    let dark = median_bin(&histogram, 0..t);
+    let bright = median_bin(&histogram, t..256);
+    let half_span = ((bright - dark) / 2.0).max(4.0);
+    let centre = (bright + dark) / 2.0;
+    for v in values {
+        *v = (*v - centre) / half_span;
+    }
+}
+
 /// Turns a slice into the model's input plane: grey values resized to `side x side`, then
-/// [`normalise`]d.
+/// normalised with `normalisation`.
 ///
 /// # Shapes
 /// Returns `side * side` values, row-major (the 1 x 1 x side x side input tensor).
-pub fn model_input(slice: &GraySlice, side: u32) -> Vec<f32> {
+pub fn model_input(slice: &GraySlice, side: u32, normalisation: Normalisation) -> Vec<f32> {
     let grey: Vec<f32> = slice.pixels.iter().map(|&p| f32::from(p)).collect();
     let mut plane = resize_map(&grey, (slice.width, slice.height), (side, side));
-    normalise(&mut plane);
+    normalisation.apply(&mut plane);
     plane
 }
 
@@ -323,7 +424,7 @@ mod tests {
     #[test]
     fn normalised_plane_is_standard() {
         let slice = GraySlice::new(3, 2, vec![0, 50, 100, 150, 200, 250]).unwrap();
-        let plane = model_input(&slice, 8);
+        let plane = model_input(&slice, 8, Normalisation::ZscorePerSlice);
         let mean = plane.iter().sum::<f32>() / plane.len() as f32;
         let var = plane.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / plane.len() as f32;
         assert!(mean.abs() < 1e-4, "mean {mean}");
@@ -335,10 +436,52 @@ mod tests {
     fn input_ignores_linear_window_change() {
         let a: Vec<u8> = (0..64u32).map(|i| (i * 3) as u8).collect();
         let b: Vec<u8> = a.iter().map(|&v| v / 2 + 60).collect();
-        let pa = model_input(&GraySlice::new(8, 8, a).unwrap(), 8);
-        let pb = model_input(&GraySlice::new(8, 8, b).unwrap(), 8);
-        let worst = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-        assert!(worst < 0.05, "max difference {worst}");
+        for norm in Normalisation::ALL {
+            let pa = model_input(&GraySlice::new(8, 8, a.clone()).unwrap(), 8, norm);
+            let pb = model_input(&GraySlice::new(8, 8, b.clone()).unwrap(), 8, norm);
+            let worst = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(worst < 0.05, "{}: max difference {worst}", norm.name());
+        }
+    }
+
+    /// Otsu's threshold falls between two grey levels; one level alone gives 128.
+    #[test]
+    fn otsu_splits_two_grey_levels() {
+        let mut histogram = [0u64; 256];
+        (histogram[20], histogram[220]) = (300, 100);
+        let t = otsu_threshold(&histogram);
+        assert!(t > 20 && t <= 220, "threshold {t}");
+        let mut flat = [0u64; 256];
+        flat[7] = 50;
+        assert_eq!(otsu_threshold(&flat), 128);
+    }
+
+    /// Tissue anchoring puts soft tissue at +1 and aerated lung at -1 however much of the slice
+    /// each fills; standardisation moves soft tissue towards 0 on a slice it dominates.
+    #[test]
+    fn tissue_anchoring_ignores_the_share_of_tissue() {
+        let slice = |tissue_px: usize| -> Vec<f32> {
+            let mut v: Vec<f32> = (0..400).map(|i| 20.0 + (i % 7) as f32).collect();
+            for p in v.iter_mut().take(tissue_px) {
+                *p = 240.0;
+            }
+            v
+        };
+        for tissue_px in [60, 200, 340] {
+            let mut v = slice(tissue_px);
+            anchor_to_tissue(&mut v);
+            assert!((v[0] - 1.0).abs() < 0.02, "tissue at {} with {tissue_px} px", v[0]);
+            assert!(v[399] < -0.9 && v[399] > -1.1, "lung at {} with {tissue_px} px", v[399]);
+        }
+        let (mut few, mut most) = (slice(60), slice(340));
+        normalise(&mut few);
+        normalise(&mut most);
+        assert!(few[0] - most[0] > 1.0, "z-score tissue {} against {}", few[0], most[0]);
+        assert_eq!(
+            Normalisation::from_name("tissue-anchored"),
+            Some(Normalisation::TissueAnchored)
+        );
+        assert_eq!(Normalisation::from_name("minmax"), None);
     }
 
     /// HU values map through the window: the low edge to 0, the high edge to 255.

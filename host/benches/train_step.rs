@@ -38,7 +38,7 @@ fn main() {
     let base = arg("--base", 16);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/medseg");
     let slices = data::read_folder(&root, Target::Infection).expect("fixture slices");
-    let cfg = UNetConfig { depth: 4, base, input_size: size, separable: false };
+    let cfg = UNetConfig { depth: 4, base, input_size: size, ..UNetConfig::default() };
     let mut rng = data::epoch_rng(7, 1);
     let side = size as usize;
 
@@ -56,7 +56,7 @@ fn main() {
         let examples: Vec<_> = (0..batch)
             .map(|i| {
                 let s = &slices[(step * batch + i) % slices.len()];
-                data::augmented_example(s, size, &Augment::default(), &mut rng)
+                data::augmented_example(s, size, &Augment::default(), Default::default(), &mut rng)
             })
             .collect();
         let planes: Vec<f32> = examples.iter().flat_map(|e| e.plane.clone()).collect();

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tvunet_device::preprocess::{self, GraySlice, HuWindow};
+use tvunet_device::preprocess::{self, GraySlice, HuWindow, Normalisation};
 
 /// What the mask marks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -327,6 +327,9 @@ pub struct Example {
     pub plane: Vec<f32>,
     /// `side²` targets, 0 or 1.
     pub target: Vec<f32>,
+    /// `side²` lung-field targets, 0 or 1 ([`crate::lung::lung_field`]), for a network with a
+    /// lung head.
+    pub lung: Vec<f32>,
 }
 
 /// Geometric and intensity augmentation for axial CT.
@@ -397,9 +400,19 @@ impl GreyChange {
 }
 
 /// Resizes a slice and its mask to the model side without augmentation.
-pub fn example(slice: &LabelledSlice, side: u32) -> Example {
-    let plane = preprocess::model_input(&slice.image, side);
-    Example { plane, target: resize_mask(slice, side) }
+pub fn example(slice: &LabelledSlice, side: u32, normalisation: Normalisation) -> Example {
+    let plane = preprocess::model_input(&slice.image, side, normalisation);
+    Example { plane, target: resize_mask(slice, side), lung: resize_lung_field(slice, side) }
+}
+
+/// The slice's lung field at the model side, cut at 0.5.
+fn resize_lung_field(slice: &LabelledSlice, side: u32) -> Vec<f32> {
+    let field: Vec<f32> =
+        crate::lung::lung_field(&slice.image, &slice.mask).iter().map(|&v| f32::from(v)).collect();
+    preprocess::resize_map(&field, (slice.image.width, slice.image.height), (side, side))
+        .into_iter()
+        .map(|v| if v >= 0.5 { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// The training target at the model side: the binary mask (resized, then cut at 0.5), or the
@@ -423,11 +436,13 @@ pub fn augmented_example(
     slice: &LabelledSlice,
     side: u32,
     aug: &Augment,
+    normalisation: Normalisation,
     rng: &mut StdRng,
 ) -> Example {
     let grey: Vec<f32> = slice.image.pixels.iter().map(|&p| f32::from(p)).collect();
     let grey = preprocess::resize_map(&grey, (slice.image.width, slice.image.height), (side, side));
     let target = resize_mask(slice, side);
+    let field = resize_lung_field(slice, side);
 
     let angle = rng.random_range(-aug.max_rotation_deg..=aug.max_rotation_deg).to_radians();
     let scale = 1.0 + rng.random_range(-aug.max_scale..=aug.max_scale);
@@ -440,6 +455,7 @@ pub fn augmented_example(
     let (sin, cos) = angle.sin_cos();
     let mut plane = vec![0f32; n * n];
     let mut mask = vec![0f32; n * n];
+    let mut lung = vec![0f32; n * n];
     let background = grey.iter().copied().fold(f32::MAX, f32::min);
     for y in 0..n {
         for x in 0..n {
@@ -458,6 +474,7 @@ pub fn augmented_example(
             let (mx, my) = (sx.round(), sy.round());
             if mx >= 0.0 && my >= 0.0 && (mx as usize) < n && (my as usize) < n {
                 mask[i] = target[my as usize * n + mx as usize];
+                lung[i] = field[my as usize * n + mx as usize];
             }
         }
     }
@@ -465,8 +482,8 @@ pub fn augmented_example(
         let unit = (*v / 255.0).clamp(0.0, 1.0).powf(gamma);
         *v = ((unit - 0.5) * contrast + 0.5) * 255.0;
     }
-    preprocess::normalise(&mut plane);
-    Example { plane, target: mask }
+    normalisation.apply(&mut plane);
+    Example { plane, target: mask, lung }
 }
 
 /// A `window` x `window` square cut at a random place from a `side` x `side` example (plane and
@@ -481,7 +498,7 @@ pub fn random_window(example: &Example, side: u32, window: u32, rng: &mut StdRng
     let cut = |v: &[f32]| -> Vec<f32> {
         (y0..y0 + w).flat_map(|y| v[y * n + x0..y * n + x0 + w].iter().copied()).collect()
     };
-    Example { plane: cut(&example.plane), target: cut(&example.target) }
+    Example { plane: cut(&example.plane), target: cut(&example.target), lung: cut(&example.lung) }
 }
 
 fn bilinear(img: &[f32], n: usize, x: f32, y: f32) -> Option<f32> {
@@ -558,7 +575,8 @@ mod tests {
         let side = 16u32;
         let plane: Vec<f32> = (0..256).map(|i| i as f32).collect();
         let target: Vec<f32> = (0..256).map(|i| (i % 3) as f32).collect();
-        let whole = Example { plane, target };
+        let lung: Vec<f32> = (0..256).map(|i| (i % 5) as f32).collect();
+        let whole = Example { plane, target, lung };
         let mut rng = epoch_rng(7, 1);
         for _ in 0..20 {
             let cut = random_window(&whole, side, 5, &mut rng);
@@ -569,6 +587,7 @@ mod tests {
             for (k, (&p, &t)) in cut.plane.iter().zip(&cut.target).enumerate() {
                 let i = (y0 + k / 5) * 16 + x0 + k % 5;
                 assert_eq!((p, t), (i as f32, (i % 3) as f32), "pixel {k}");
+                assert_eq!(cut.lung[k], (i % 5) as f32, "lung field at pixel {k}");
             }
         }
         let same = random_window(&whole, side, 16, &mut rng);
@@ -626,7 +645,7 @@ mod tests {
             Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..8 {
-            let e = augmented_example(&s, 32, &aug, &mut rng);
+            let e = augmented_example(&s, 32, &aug, Normalisation::ZscorePerSlice, &mut rng);
             let lesion = e.target.iter().filter(|&&v| v > 0.5).count();
             assert_eq!(lesion, 50, "flips keep the lesion area");
         }
@@ -641,14 +660,14 @@ mod tests {
         let mask = soft.iter().map(|&v| u8::from(v >= 128)).collect();
         let image = GraySlice::new(32, 32, pixels).unwrap();
         let s = LabelledSlice { id: "t".into(), image, mask, soft_target: Some(soft) };
-        let e = example(&s, 32);
+        let e = example(&s, 32, Normalisation::ZscorePerSlice);
         assert!((e.target[0] - 0.2).abs() < 1e-6, "top rows carry 51/255: {}", e.target[0]);
         assert_eq!(e.target[31 * 32], 0.0);
         let aug =
             Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..8 {
-            let e = augmented_example(&s, 32, &aug, &mut rng);
+            let e = augmented_example(&s, 32, &aug, Normalisation::ZscorePerSlice, &mut rng);
             let total: f32 = e.target.iter().sum();
             assert!((total - 320.0 * 0.2).abs() < 1e-3, "flips keep the soft mass: {total}");
         }

@@ -6,6 +6,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod export;
+pub mod lung;
 pub mod metrics;
 pub mod model;
 pub mod plot;

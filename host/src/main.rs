@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use tvunet::data::{self, LabelledSlice, Target};
 use tvunet::{client, demo, eval, export, model, quantize, train};
+use tvunet_device::preprocess::Normalisation;
 use tvunet_device::PixelSpacing;
 
 #[derive(Parser)]
@@ -261,6 +262,16 @@ struct TrainArgs {
     /// Depthwise-separable blocks (depthwise 3x3 then 1x1) instead of plain 3x3 convolutions.
     #[arg(long)]
     separable: bool,
+    /// A second head learns the lung field (dark aerated lung, the labelled lesions and what they
+    /// enclose) with its own BCE term; the network reports the lesion probability times the
+    /// lung-field probability, so tissue outside the lungs is not marked.
+    #[arg(long)]
+    lung_field: bool,
+    /// How slices become the input plane: `zscore-per-slice` (zero mean, unit deviation) or
+    /// `tissue-anchored` (Otsu's classes: the aerated lung's median grey to -1, soft tissue's
+    /// to +1). The exported model carries it; the device applies it.
+    #[arg(long, default_value = "zscore-per-slice")]
+    normalisation: String,
     /// Stop after the epoch that passes this many minutes (0 = no limit).
     #[arg(long, default_value_t = 0.0)]
     max_minutes: f64,
@@ -342,12 +353,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
     };
     let labelled_train =
         if a.all_slices { slices.len() } else { slices.len() - slices.len() / a.folds };
+    let normalisation = Normalisation::from_name(&a.normalisation).with_context(|| {
+        format!("--normalisation {}: not `zscore-per-slice` or `tissue-anchored`", a.normalisation)
+    })?;
     let cfg = train::TrainConfig {
+        normalisation,
         unet: model::UNetConfig {
             depth: a.depth,
             base: a.base,
             input_size: a.input_size,
             separable: a.separable,
+            lung_field: a.lung_field,
         },
         target: a.data.target,
         epochs: a.epochs,

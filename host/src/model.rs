@@ -20,11 +20,16 @@ pub struct UNetConfig {
     /// becomes a depthwise 3x3 (one filter per input channel) followed by a 1x1 convolution.
     #[serde(default)]
     pub separable: bool,
+    /// A second 1x1 head beside the lesion head that learns the lung field
+    /// ([`crate::lung::lung_field`]); the probability the network reports is then the lesion
+    /// probability times the lung-field probability.
+    #[serde(default)]
+    pub lung_field: bool,
 }
 
 impl Default for UNetConfig {
     fn default() -> Self {
-        Self { depth: 4, base: 16, input_size: 256, separable: false }
+        Self { depth: 4, base: 16, input_size: 256, separable: false, lung_field: false }
     }
 }
 
@@ -103,15 +108,18 @@ pub struct UNet {
     pub bottom: ConvBlock,
     pub up: Vec<UpBlock>,
     pub head: Conv2d,
+    /// The lung-field head, in a network built with `lung_field`.
+    pub lung_head: Option<Conv2d>,
     pool: MaxPool2d,
 }
 
 impl UNetConfig {
     /// The `tvunet.architecture` metadata value: `unet depth D base B`, then `separable` where
-    /// the blocks are.
+    /// the blocks are and `lung-gated` where a lung head gates the lesion probability.
     pub fn architecture(&self) -> String {
         let kind = if self.separable { " separable" } else { "" };
-        format!("unet depth {} base {}{kind}", self.depth, self.base)
+        let gate = if self.lung_field { " lung-gated" } else { "" };
+        format!("unet depth {} base {}{kind}{gate}", self.depth, self.base)
     }
 
     /// Channels at level `i` (0 = full resolution).
@@ -154,6 +162,9 @@ impl UNetConfig {
             bottom,
             up,
             head: Conv2dConfig::new([self.base, 1], [1, 1]).init(device),
+            lung_head: self
+                .lung_field
+                .then(|| Conv2dConfig::new([self.base, 1], [1, 1]).init(device)),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
         }
     }
@@ -165,6 +176,26 @@ impl UNet {
     /// # Shapes
     /// `x`: batch x 1 x side x side normalised planes; returns batch x 1 x side x side logits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.head.forward(self.features(x))
+    }
+
+    /// Lesion logits and, in a network with a lung head, lung-field logits, each
+    /// batch x 1 x side x side.
+    pub fn forward_with_lung(&self, x: Tensor<4>) -> (Tensor<4>, Option<Tensor<4>>) {
+        let features = self.features(x);
+        let lung = self.lung_head.as_ref().map(|h| h.forward(features.clone()));
+        (self.head.forward(features), lung)
+    }
+
+    /// The probability the network reports, as the exported graph computes it: the lesion
+    /// sigmoid, times the lung-field sigmoid where there is a lung head.
+    pub fn probability(&self, x: Tensor<4>) -> Tensor<4> {
+        let (lesion, lung) = self.forward_with_lung(x);
+        gated_probability(lesion, lung)
+    }
+
+    /// The last decoder block's output, base x side x side per slice.
+    fn features(&self, x: Tensor<4>) -> Tensor<4> {
         let mut skips = Vec::with_capacity(self.down.len());
         let mut x = x;
         for block in &self.down {
@@ -177,6 +208,15 @@ impl UNet {
             let skip = skips.pop().expect("one skip per level");
             x = up.block.forward(Tensor::cat(vec![up.up.forward(x), skip], 1));
         }
-        self.head.forward(x)
+        x
+    }
+}
+
+/// `sigmoid(lesion)`, times `sigmoid(lung)` when there are lung-field logits.
+pub fn gated_probability(lesion: Tensor<4>, lung: Option<Tensor<4>>) -> Tensor<4> {
+    let p = burn::tensor::activation::sigmoid(lesion);
+    match lung {
+        Some(l) => p * burn::tensor::activation::sigmoid(l),
+        None => p,
     }
 }

@@ -122,11 +122,18 @@ fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
         .context("input size in the model metadata")?;
     let arch = props.get("tvunet.architecture").context("no tvunet.architecture metadata")?;
     let words: Vec<&str> = arch.split_whitespace().collect();
-    let (depth, base, separable) = match words.as_slice() {
-        ["unet", "depth", d, "base", b] => (d.parse()?, b.parse()?, false),
-        ["unet", "depth", d, "base", b, "separable"] => (d.parse()?, b.parse()?, true),
+    let (depth, base, options) = match words.as_slice() {
+        ["unet", "depth", d, "base", b, options @ ..] => (d.parse()?, b.parse()?, options),
         _ => bail!("tvunet.architecture `{arch}` is not `unet depth D base B [separable]`"),
     };
+    let (mut separable, mut lung_field) = (false, false);
+    for option in options {
+        match *option {
+            "separable" => separable = true,
+            "lung-gated" => lung_field = true,
+            other => bail!("tvunet.architecture `{arch}`: unknown option `{other}`"),
+        }
+    }
     let graph = model.graph.as_ref().context("model has no graph")?;
     let init: HashMap<&str, &TensorProto> =
         graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -163,7 +170,7 @@ fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
         })
     };
     Ok(FoldedUNet {
-        config: UNetConfig { depth, base, input_size, separable },
+        config: UNetConfig { depth, base, input_size, separable, lung_field },
         down: (0..depth).map(|l| block(&format!("down{l}"))).collect::<Result<_>>()?,
         bottom: block("bottom")?,
         up: (0..depth)
@@ -171,6 +178,7 @@ fn folded_from_onnx(model: &ModelProto) -> Result<FoldedUNet> {
             .map(|l| Ok((conv(&format!("up{l}.upsample"))?, block(&format!("up{l}"))?)))
             .collect::<Result<_>>()?,
         head: conv("head")?,
+        lung_head: if lung_field { Some(conv("lung_head")?) } else { None },
     })
 }
 
@@ -225,7 +233,7 @@ fn quantile(values: &mut [f32], q: f64) -> f32 {
 /// Runs the fp32 model in tract with every calibration point as an output and collects ranges.
 fn calibrate(
     fp32: &[u8],
-    side: usize,
+    (side, normalisation): (usize, preprocess::Normalisation),
     points: &[String],
     slices: &[(PathBuf, GraySlice)],
     method: CalibrationMethod,
@@ -240,7 +248,7 @@ fn calibrate(
     let mut per_slice: Vec<Vec<Range>> = vec![Vec::new(); points.len()];
     let mut samples: Vec<Vec<f32>> = vec![Vec::new(); points.len()];
     for (_, slice) in slices {
-        let plane = preprocess::model_input(slice, side as u32);
+        let plane = preprocess::model_input(slice, side as u32, normalisation);
         let input = tract_ndarray::Array4::from_shape_vec((1, 1, side, side), plane)?;
         let outputs = plan.run(tvec!(Tensor::from(input).into()))?;
         for (k, out) in outputs.iter().enumerate() {
@@ -496,13 +504,7 @@ fn integer_model(
         x = w.block(&name, &cq, b)?;
     }
     let features = w.dequantize("head.dequantize", &x);
-    let (hw, hb) = w.g.weights("head", &net.head, net.head.dims[0]);
-    let logits =
-        w.g.node("Conv", "head", &[&features, &hw, &hb], vec![onnx::ints("kernel_shape", &[1, 1])]);
-    w.g.node("Sigmoid", "probability", &[&logits], vec![]);
-    if let Some(sigmoid) = w.g.nodes.last_mut() {
-        sigmoid.output = vec!["probability".into()];
-    }
+    w.g.probability(&features, &net.head, net.lung_head.as_ref());
     Ok(onnx::model(w.g, net.config.input_size as usize, metadata))
 }
 
@@ -520,9 +522,10 @@ pub fn quantize(
     if calib.is_empty() {
         bail!("no calibration slices");
     }
+    let normalisation = tvunet_device::Segmenter::from_bytes(&fp32, "")?.meta().normalisation;
     let side = net.config.input_size as usize;
     let points = calibration_points(net.config.depth, net.config.separable);
-    let ranges = calibrate(&fp32, side, &points, calib, method)?;
+    let ranges = calibrate(&fp32, (side, normalisation), &points, calib, method)?;
     for p in &points {
         tracing::debug!(point = p.as_str(), min = ranges[p].min, max = ranges[p].max, "range");
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tvunet::data::{self, Target};
-use tvunet_device::{preprocess, Segmenter};
+use tvunet_device::Segmenter;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -73,7 +73,7 @@ fn shipped_model_quantizes_within_the_accuracy_budget() {
     let side = b.meta().input_size;
     let (mut planes, mut probs) = (Vec::new(), Vec::new());
     for s in &slices {
-        let plane = preprocess::model_input(&s.image, side);
+        let plane = b.input_plane(&s.image);
         probs.extend(b.probability_plane(&plane).unwrap());
         planes.extend(plane);
     }

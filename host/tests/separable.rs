@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixtures, onnxruntime_agrees, python_has_onnx, tvunet};
+use common::{export, fixtures, int8_and_onnxruntime_agree, tvunet};
 use prost::Message;
 use tract_onnx::pb::ModelProto;
 use tvunet::data::{self, Target};
@@ -58,10 +58,7 @@ fn separable_network_trains_exports_and_quantizes() {
         "--separable",
     ]);
     let fp32 = dir.path().join("sep.onnx");
-    let out =
-        tvunet(&["export", "--checkpoint", run_s, "--out", fp32.to_str().unwrap(), "--data", fx_s]);
-    assert!(out.contains("parity with tract"), "{out}");
-    let seg = Segmenter::load(&fp32).unwrap();
+    let seg = export(&run, &fp32);
     assert_eq!(seg.meta().input_size, 64);
 
     // Every 3x3 convolution but the first (one input channel) is depthwise: one group per
@@ -93,14 +90,5 @@ fn separable_network_trains_exports_and_quantizes() {
     assert_eq!(grouped_int8.len(), expected.len(), "int8 graph keeps the depthwise convolutions");
 
     let slices = data::read_folder(&fx, Target::Infection).unwrap();
-    let c = tvunet::quantize::compare(&seg, &q, &slices).unwrap();
-    println!("{c:?}");
-    assert!(c.max_abs_diff < 0.05, "int8 probabilities within 0.05 of fp32: {c:?}");
-
-    if !python_has_onnx() {
-        println!("onnxruntime cross-check skipped: python3 with onnx and onnxruntime not found");
-        return;
-    }
-    onnxruntime_agrees(&fp32, dir.path(), &slices);
-    onnxruntime_agrees(&int8, dir.path(), &slices);
+    int8_and_onnxruntime_agree(&fp32, &int8, dir.path(), &slices);
 }

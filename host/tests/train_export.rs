@@ -9,7 +9,6 @@ use std::process::Command;
 use common::{fixtures, python_has_onnx, tvunet};
 
 use tvunet::data::{self, Target};
-use tvunet_device::{preprocess, Segmenter};
 
 /// A small network trained for a few epochs on real slices lowers its loss, exports, passes the
 /// tract parity check, refuses a run without checkpoints, and runs in onnxruntime.
@@ -51,17 +50,7 @@ fn train_then_export_with_parity() {
     }
 
     let model = dir.path().join("m.onnx");
-    let out = tvunet(&[
-        "export",
-        "--checkpoint",
-        run_s,
-        "--out",
-        model.to_str().unwrap(),
-        "--data",
-        fx_s,
-    ]);
-    assert!(out.contains("parity with tract"), "{out}");
-    let seg = Segmenter::load(&model).unwrap();
+    let seg = common::export(&run, &model);
     assert_eq!(seg.meta().input_size, 64);
     assert_eq!(seg.meta().target, "infection");
 
@@ -79,7 +68,7 @@ fn train_then_export_with_parity() {
     let slices = data::read_folder(&fx, Target::Infection).unwrap();
     let (mut planes, mut probs) = (Vec::new(), Vec::new());
     for s in &slices {
-        let plane = preprocess::model_input(&s.image, 64);
+        let plane = seg.input_plane(&s.image);
         probs.extend(seg.probability_plane(&plane).unwrap());
         planes.extend(plane);
     }

@@ -42,6 +42,8 @@ pub struct FoldedUNet {
     pub up: Vec<(FoldedConv, FoldedBlock)>,
     /// 1x1 convolution to one channel of logits.
     pub head: FoldedConv,
+    /// 1x1 convolution to one channel of lung-field logits, in a lung-gated network.
+    pub lung_head: Option<FoldedConv>,
 }
 
 fn values<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
@@ -104,6 +106,7 @@ impl FoldedUNet {
                 })
                 .collect(),
             head: plain(&model.head),
+            lung_head: model.lung_head.as_ref().map(plain),
         }
     }
 }

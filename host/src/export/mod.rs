@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use tvunet_device::inference::keys;
-use tvunet_device::{preprocess, Segmenter};
+use tvunet_device::Segmenter;
 
 use crate::data::LabelledSlice;
 use crate::train::{self, RunDir};
@@ -65,7 +65,7 @@ pub fn export(
     };
     let metadata: Vec<(String, String)> = [
         (keys::INPUT_SIZE, cfg.unet.input_size.to_string()),
-        (keys::NORMALISATION, preprocess::NORMALISATION.to_string()),
+        (keys::NORMALISATION, cfg.normalisation.name().to_string()),
         (keys::THRESHOLD, format!("{threshold}")),
         (keys::TARGET, cfg.target.to_string()),
         (keys::DATA_FINGERPRINT, cfg.data_fingerprint.clone()),
@@ -89,7 +89,7 @@ pub fn export(
         let segmenter = Segmenter::from_bytes(&bytes, &out.display().to_string())?;
         let side = cfg.unet.input_size;
         let planes: Vec<Vec<f32>> =
-            parity_slices.iter().map(|s| preprocess::model_input(&s.image, side)).collect();
+            parity_slices.iter().map(|s| segmenter.input_plane(&s.image)).collect();
         let burn_probs = train::predict_planes(&model, &planes, side as usize, &device);
         let mut worst = 0f32;
         for (plane, expected) in planes.iter().zip(&burn_probs) {

@@ -129,6 +129,23 @@ impl Graph {
         }
     }
 
+    /// The f32 output stage from the last decoder `features`: the 1x1 lesion `head` and its
+    /// sigmoid, times the sigmoid of the 1x1 `lung` head where there is one, as the graph output
+    /// `probability`.
+    pub fn probability(&mut self, features: &str, head: &FoldedConv, lung: Option<&FoldedConv>) {
+        let logits = self.conv("head", features, head, false);
+        let lesion = self.node("Sigmoid", "head.sigmoid", &[&logits], vec![]);
+        if let Some(lung) = lung {
+            let lung_logits = self.conv("lung_head", features, lung, false);
+            let field = self.node("Sigmoid", "lung_head.sigmoid", &[&lung_logits], vec![]);
+            self.node("Mul", "probability", &[&lesion, &field], vec![]);
+        }
+        // The graph output keeps the plain name the device and the metadata refer to.
+        if let Some(last) = self.nodes.last_mut() {
+            last.output = vec!["probability".into()];
+        }
+    }
+
     fn block(&mut self, name: &str, x: &str, b: &FoldedBlock) -> String {
         let mut x = x.to_string();
         for (conv, dw, c) in [("conv1", &b.dw1, &b.conv1), ("conv2", &b.dw2, &b.conv2)] {
@@ -173,12 +190,7 @@ pub fn unet_to_onnx(net: &FoldedUNet, metadata: &[(String, String)]) -> ModelPro
         let cat = g.node("Concat", &format!("{name}.concat"), &[&u, &skip], vec![int("axis", 1)]);
         x = g.block(&name, &cat, b);
     }
-    let logits = g.conv("head", &x, &net.head, false);
-    g.node("Sigmoid", "probability", &[&logits], vec![]);
-    // The graph output keeps the plain name the device and the metadata refer to.
-    if let Some(sigmoid) = g.nodes.last_mut() {
-        sigmoid.output = vec!["probability".into()];
-    }
+    g.probability(&x, &net.head, net.lung_head.as_ref());
     model(g, side, metadata)
 }
 

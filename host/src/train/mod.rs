@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
 use burn::tensor::TensorData;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -22,13 +21,17 @@ pub use backend::{MissingBackend, TrainBackend};
 
 use crate::data::{self, Augment, Example, LabelledSlice, Split, Target};
 use crate::metrics::Counts;
-use crate::model::{UNet, UNetConfig};
+use crate::model::{gated_probability, UNet, UNetConfig};
+use tvunet_device::preprocess::Normalisation;
 
 /// Everything that defines a training run; written to `config.json` in the run folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Network shape.
     pub unet: UNetConfig,
+    /// How slices become the input plane; written into the exported model's metadata.
+    #[serde(default)]
+    pub normalisation: Normalisation,
     /// What the mask marks.
     pub target: Target,
     /// Largest number of epochs.
@@ -204,18 +207,24 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Stacks examples into an input batch and a target batch.
-///
-/// # Shapes
-/// Both are n x 1 x side x side.
-fn batch(examples: &[Example], side: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+/// A batch of examples on the device.
+struct Batch {
+    /// n x 1 x side x side normalised planes.
+    planes: Tensor<4>,
+    /// n x 1 x side x side lesion targets.
+    lesion: Tensor<4>,
+    /// n x 1 x side x side lung-field targets.
+    lung: Tensor<4>,
+}
+
+/// Stacks examples into a batch.
+fn batch(examples: &[Example], side: usize, device: &Device) -> Batch {
     let n = examples.len();
-    let planes: Vec<f32> = examples.iter().flat_map(|e| e.plane.iter().copied()).collect();
-    let targets: Vec<f32> = examples.iter().flat_map(|e| e.target.iter().copied()).collect();
-    (
-        Tensor::from_data(TensorData::new(planes, [n, 1, side, side]), device),
-        Tensor::from_data(TensorData::new(targets, [n, 1, side, side]), device),
-    )
+    let stack = |part: fn(&Example) -> &Vec<f32>| -> Tensor<4> {
+        let flat: Vec<f32> = examples.iter().flat_map(|e| part(e).iter().copied()).collect();
+        Tensor::from_data(TensorData::new(flat, [n, 1, side, side]), device)
+    };
+    Batch { planes: stack(|e| &e.plane), lesion: stack(|e| &e.target), lung: stack(|e| &e.lung) }
 }
 
 /// Probability maps of a trained model (evaluation mode), at model size, for prepared planes.
@@ -232,8 +241,7 @@ pub fn predict_planes(
             let n = chunk.len();
             let flat: Vec<f32> = chunk.iter().flat_map(|p| p.iter().copied()).collect();
             let x = Tensor::from_data(TensorData::new(flat, [n, 1, side, side]), device);
-            let p: Vec<f32> =
-                sigmoid(model.forward(x)).into_data().try_to_vec().expect("f32 output");
+            let p: Vec<f32> = model.probability(x).into_data().try_to_vec().expect("f32 output");
             p.chunks(side * side).map(<[f32]>::to_vec).collect::<Vec<_>>()
         })
         .collect()
@@ -254,11 +262,11 @@ fn validate(
     let model = model.valid().to_device(device);
     let (mut loss, mut counts) = (0.0, Counts::default());
     for chunk in val.chunks(4) {
-        let (x, y) = batch(chunk, side, device);
-        let logits = model.forward(x);
-        let parts = loss::tv_unet_loss(logits.clone(), y, cfg.lambda_tv, cfg.dice_weight);
+        let b = batch(chunk, side, device);
+        let (logits, lung) = model.forward_with_lung(b.planes);
+        let parts = loss::tv_unet_loss(logits.clone(), b.lesion, cfg.lambda_tv, cfg.dice_weight);
         loss += f64::from(parts.total.into_scalar::<f32>()) * chunk.len() as f64;
-        let p: Vec<f32> = sigmoid(logits).into_data().try_to_vec().expect("f32 output");
+        let p: Vec<f32> = gated_probability(logits, lung).into_data().try_to_vec().expect("f32");
         for (probs, e) in p.chunks(side * side).zip(chunk) {
             let truth: Vec<u8> = e.target.iter().map(|&t| u8::from(t > 0.5)).collect();
             counts = counts.merge(Counts::from_probability(probs, &truth, 0.5));
@@ -350,7 +358,8 @@ pub fn train(
         bail!("split of {} slices into {} folds leaves an empty part", slices.len(), cfg.folds);
     }
     let side = cfg.unet.input_size as usize;
-    let val: Vec<Example> = val_set.iter().map(|s| data::example(s, cfg.unet.input_size)).collect();
+    let val: Vec<Example> =
+        val_set.iter().map(|s| data::example(s, cfg.unet.input_size, cfg.normalisation)).collect();
 
     let eval_device = cfg.backend.device()?;
     let device = eval_device.clone().autodiff();
@@ -371,7 +380,7 @@ pub fn train(
         std::fs::write(
             run.epochs_csv(),
             "epoch,learning_rate,train_loss,train_bce,train_tv,val_loss,val_precision,val_recall,val_dice,\
-             seconds,train_soft_dice\n",
+             seconds,train_soft_dice,train_lung_bce\n",
         )?;
         let state = RunState {
             epochs_done: 0,
@@ -448,6 +457,7 @@ pub fn train(
         );
         bar.set_message(format!("{epoch}/{}", cfg.epochs));
         let (mut sum_loss, mut sum_bce, mut sum_tv, mut sum_dice) = (0.0, 0.0, 0.0, 0.0);
+        let mut sum_lung = 0.0;
         let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             let examples: Vec<Example> = chunk
@@ -457,14 +467,21 @@ pub fn train(
                         epoch_set[i],
                         cfg.unet.input_size,
                         &cfg.augment,
+                        cfg.normalisation,
                         &mut rng,
                     );
                     data::random_window(&whole, cfg.unet.input_size, crop, &mut rng)
                 })
                 .collect();
-            let (x, y) = batch(&examples, crop as usize, &device);
-            let parts = loss::tv_unet_loss(model.forward(x), y, cfg.lambda_tv, cfg.dice_weight);
+            let b = batch(&examples, crop as usize, &device);
+            let (logits, lung) = model.forward_with_lung(b.planes);
+            let mut parts = loss::tv_unet_loss(logits, b.lesion, cfg.lambda_tv, cfg.dice_weight);
             let n = chunk.len() as f64;
+            if let Some(lung) = lung {
+                let lung_bce = loss::bce_with_logits(lung, b.lung);
+                sum_lung += f64::from(lung_bce.clone().into_scalar::<f32>()) * n;
+                parts.total = parts.total + lung_bce;
+            }
             sum_dice += f64::from(parts.dice.into_scalar::<f32>()) * n;
             sum_bce += f64::from(parts.bce.into_scalar::<f32>()) * n;
             sum_tv += f64::from(parts.tv.into_scalar::<f32>()) * n;
@@ -496,7 +513,7 @@ pub fn train(
         let mut csv = std::fs::OpenOptions::new().append(true).open(run.epochs_csv())?;
         writeln!(
             csv,
-            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1},{:.5}",
+            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1},{:.5},{:.5}",
             row.epoch,
             row.learning_rate,
             row.train_loss,
@@ -507,7 +524,8 @@ pub fn train(
             row.val_recall,
             row.val_dice,
             row.seconds,
-            row.train_dice
+            row.train_dice,
+            sum_lung / seen as f64
         )?;
         println!(
             "epoch {:>3}  loss {:.4} (bce {:.4}, tv {:.4})  val loss {:.4}  dice {:.3}  \
@@ -624,22 +642,69 @@ mod tests {
         let slices = data::read_folder(&dir, Target::Infection).unwrap();
         let largest =
             slices.iter().max_by_key(|s| s.mask.iter().filter(|&&v| v != 0).count()).unwrap();
-        let ex = data::example(largest, 64);
+        let ex = data::example(largest, 64, Normalisation::ZscorePerSlice);
         let device = Device::flex().autodiff();
         device.seed(1);
-        let cfg = UNetConfig { depth: 2, base: 8, input_size: 64, separable: false };
+        let cfg = UNetConfig { depth: 2, base: 8, input_size: 64, ..UNetConfig::default() };
         let prior = ex.target.iter().sum::<f32>() as f64 / ex.target.len() as f64;
         let mut model = init_with_prior(&cfg, prior, &device);
         let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
         let prior_bce = -(prior * prior.ln() + (1.0 - prior) * (1.0 - prior).ln());
         let mut last = f64::MAX;
         for _ in 0..80 {
-            let (x, y) = batch(std::slice::from_ref(&ex), 64, &device);
-            let l = loss::bce_with_logits(model.forward(x), y);
+            let b = batch(std::slice::from_ref(&ex), 64, &device);
+            let l = loss::bce_with_logits(model.forward(b.planes), b.lesion);
             last = f64::from(l.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(l.backward(), &model);
             model = optim.step(3e-3, model, grads);
         }
         assert!(last < 0.5 * prior_bce, "bce {last} after 80 steps; prior alone gives {prior_bce}");
+    }
+
+    /// The lung head of a small network learns a real slice's lung field, and the probability
+    /// the network reports is the lesion sigmoid times the lung-field sigmoid.
+    #[test]
+    fn lung_head_learns_the_field_and_gates_the_lesion() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/medseg");
+        let slices = data::read_folder(&dir, Target::Infection).unwrap();
+        let ex = data::example(&slices[0], 64, Normalisation::ZscorePerSlice);
+        let share = ex.lung.iter().sum::<f32>() as f64 / ex.lung.len() as f64;
+        assert!((0.2..0.9).contains(&share), "lung field covers {share} of the slice");
+        let device = Device::flex().autodiff();
+        device.seed(2);
+        let cfg = UNetConfig {
+            depth: 2,
+            base: 8,
+            input_size: 64,
+            lung_field: true,
+            ..Default::default()
+        };
+        let mut model = cfg.init(&device);
+        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let chance = -(share * share.ln() + (1.0 - share) * (1.0 - share).ln());
+        let mut last = f64::MAX;
+        for _ in 0..80 {
+            let b = batch(std::slice::from_ref(&ex), 64, &device);
+            let (_, lung) = model.forward_with_lung(b.planes);
+            let l = loss::bce_with_logits(lung.expect("a lung head"), b.lung);
+            last = f64::from(l.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(l.backward(), &model);
+            model = optim.step(3e-3, model, grads);
+        }
+        assert!(
+            last < 0.5 * chance,
+            "lung bce {last} after 80 steps; the share alone gives {chance}"
+        );
+
+        let model = model.valid();
+        let x = batch(std::slice::from_ref(&ex), 64, &Device::flex()).planes;
+        let (lesion, lung) = model.forward_with_lung(x.clone());
+        let want: Vec<f32> = (burn::tensor::activation::sigmoid(lesion)
+            * burn::tensor::activation::sigmoid(lung.unwrap()))
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+        let got: Vec<f32> = model.probability(x).into_data().try_to_vec().unwrap();
+        assert_eq!(got, want);
     }
 }

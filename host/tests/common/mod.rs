@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tvunet::data::LabelledSlice;
-use tvunet_device::{preprocess, Segmenter};
+use tvunet_device::Segmenter;
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -26,6 +26,32 @@ pub fn tvunet(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+/// `tvunet export` of `run`'s checkpoint into `out`, with the parity check on the bundled
+/// slices; returns the file loaded as the device loads it.
+pub fn export(run: &Path, out: &Path) -> Segmenter {
+    let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
+    let fx = fixtures();
+    let text =
+        tvunet(&["export", "--checkpoint", run_s, "--out", out_s, "--data", fx.to_str().unwrap()]);
+    assert!(text.contains("parity with tract"), "{text}");
+    Segmenter::load(out).unwrap()
+}
+
+/// int8 probabilities within 0.05 of fp32's on `slices`, and onnxruntime agreeing with tract on
+/// both files where Python has it (scratch files in `dir`).
+pub fn int8_and_onnxruntime_agree(fp32: &Path, int8: &Path, dir: &Path, slices: &[LabelledSlice]) {
+    let (seg, q) = (Segmenter::load(fp32).unwrap(), Segmenter::load(int8).unwrap());
+    let c = tvunet::quantize::compare(&seg, &q, slices).unwrap();
+    println!("{c:?}");
+    assert!(c.max_abs_diff < 0.05, "int8 probabilities within 0.05 of fp32: {c:?}");
+    if !python_has_onnx() {
+        println!("onnxruntime cross-check skipped: python3 with onnx and onnxruntime not found");
+        return;
+    }
+    onnxruntime_agrees(fp32, dir, slices);
+    onnxruntime_agrees(int8, dir, slices);
 }
 
 /// `tvunet quantize` of `model` into `out`, calibrated on the bundled slices.
@@ -54,7 +80,7 @@ pub fn onnxruntime_agrees(model: &Path, dir: &Path, slices: &[LabelledSlice]) {
     let side = seg.meta().input_size;
     let (mut planes, mut probs) = (Vec::new(), Vec::new());
     for s in slices {
-        let plane = preprocess::model_input(&s.image, side);
+        let plane = seg.input_plane(&s.image);
         probs.extend(seg.probability_plane(&plane).unwrap());
         planes.extend(plane);
     }
