@@ -1,6 +1,6 @@
 # Everyday recipes. `just --list` shows them.
 
-model := "models/tvunet-medseg-separable.onnx"
+model := "models/tvunet-medseg-anchored.onnx"
 data := "../shared/data/medseg/infnet_medseg100"
 
 # Stream the bundled real slices to a device on loopback TCP and a pseudo-terminal.
@@ -11,10 +11,10 @@ demo:
 test:
     cargo test --workspace --features tvunet-device/ort
 
-# Train the default model's recipe (models/tvunet-medseg-separable.md) on the labelled slices;
+# Train the default model's recipe (models/tvunet-medseg-anchored.md) on the labelled slices;
 # add --all-slices for the final model, --backend tch where tvunet was built with libtorch.
 train out="runs/medseg" *args="":
-    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 100 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 16 --separable {{args}}
+    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 100 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 16 --separable --input-size 192 --normalisation tissue-anchored {{args}}
 
 # k-fold cross-validation of a training recipe, two folds side by side (see bench/cv.sh).
 cv out="runs/cv" folds="5" *args="":

@@ -37,7 +37,7 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let model =
-        args.first().map(PathBuf::from).unwrap_or(root.join("models/tvunet-medseg-separable.onnx"));
+        args.first().map(PathBuf::from).unwrap_or(root.join("models/tvunet-medseg-anchored.onnx"));
     let iterations: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
     let threads: usize = std::env::args()
         .find_map(|a| a.strip_prefix("--threads=").map(|n| n.parse().expect("--threads=N")))

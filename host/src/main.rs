@@ -71,7 +71,7 @@ struct SendArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Model the device serves.
-    #[arg(long, default_value = "models/tvunet-medseg-separable.onnx")]
+    #[arg(long, default_value = "models/tvunet-medseg-anchored.onnx")]
     model: PathBuf,
     /// Labelled slices to stream.
     #[arg(long, default_value = "tests/fixtures/medseg")]

@@ -97,8 +97,8 @@ fn shipped_model_quantizes_within_the_accuracy_budget() {
 #[test]
 fn mse_calibration_quantizes_the_default_model_within_the_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let fp32 = root().join("models/tvunet-medseg-separable.onnx");
-    let int8 = dir.path().join("sep.int8.onnx");
+    let fp32 = root().join("models/tvunet-medseg-anchored.onnx");
+    let int8 = dir.path().join("anchored.int8.onnx");
     let fx = root().join("tests/fixtures/medseg");
     let out = tvunet(&[
         "quantize",
