@@ -30,6 +30,9 @@ pub mod keys {
     pub const GIT_COMMIT: &str = "tvunet.git_commit";
     /// Number representation: `fp32` or `int8`.
     pub const PRECISION: &str = "tvunet.precision";
+    /// Mirror images averaged at inference, one of [`crate::preprocess::FlipAverage`]'s names;
+    /// absent means `none`.
+    pub const FLIP_AVERAGE: &str = "tvunet.flip_average";
 }
 
 /// Why a model could not be loaded or run.
@@ -62,6 +65,8 @@ pub struct ModelMeta {
     pub precision: String,
     /// How slices become the input plane.
     pub normalisation: preprocess::Normalisation,
+    /// Mirror images of the input plane averaged into the probability map.
+    pub flip_average: preprocess::FlipAverage,
     /// All `metadata_props`, as written.
     pub props: HashMap<String, String>,
 }
@@ -98,7 +103,13 @@ impl ModelMeta {
             return Err(bad(keys::TARGET, &target, "must be `infection` or `ggo`"));
         }
         let precision = props.get(keys::PRECISION).cloned().unwrap_or_else(|| "fp32".into());
-        Ok(Self { input_size, threshold, target, precision, normalisation, props })
+        let flip_average = match props.get(keys::FLIP_AVERAGE) {
+            None => preprocess::FlipAverage::None,
+            Some(f) => preprocess::FlipAverage::from_name(f).ok_or_else(|| {
+                bad(keys::FLIP_AVERAGE, f, "not `none`, `left-right`, `top-bottom` or `four-way`")
+            })?,
+        };
+        Ok(Self { input_size, threshold, target, precision, normalisation, flip_average, props })
     }
 }
 
@@ -289,7 +300,14 @@ impl Segmenter {
             }
         };
         let sha256 = format!("{:x}", Sha256::digest(bytes));
-        tracing::info!(name, side, threshold = meta.threshold, %engine, "model loaded");
+        tracing::info!(
+            name,
+            side,
+            threshold = meta.threshold,
+            flip_average = meta.flip_average.name(),
+            %engine,
+            "model loaded"
+        );
         Ok(Self { runner, engine, meta, sha256, name: name.to_string() })
     }
 
@@ -358,8 +376,35 @@ impl Segmenter {
     pub fn probability(&self, slice: &GraySlice) -> Result<Vec<f32>, ModelError> {
         let side = self.meta.input_size;
         let plane = self.input_plane(slice);
-        let prob = self.probability_plane(&plane)?;
+        let prob = self.averaged_plane(&plane)?;
         Ok(preprocess::resize_map(&prob, (side, side), (slice.width, slice.height)))
+    }
+
+    /// The network's probability over `plane` averaged with its mirror images, as the model's
+    /// flip average says ([`preprocess::FlipAverage`]); the network's own output when it says
+    /// `none`.
+    ///
+    /// # Errors
+    /// As [`Segmenter::probability_plane`].
+    pub fn averaged_plane(&self, plane: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let mirrors = self.meta.flip_average.mirrors();
+        let side = self.meta.input_size;
+        let mut mean = self.probability_plane(plane)?;
+        for &(lr, tb) in &mirrors[1..] {
+            let prob = self.probability_plane(&preprocess::mirror(plane, side, side, lr, tb))?;
+            for (m, p) in mean.iter_mut().zip(preprocess::mirror(&prob, side, side, lr, tb)) {
+                *m += p;
+            }
+        }
+        let share = 1.0 / mirrors.len() as f32;
+        mean.iter_mut().for_each(|m| *m *= share);
+        Ok(mean)
+    }
+
+    /// Replaces the flip average the model's metadata asked for (an evaluation of another
+    /// setting on the same file).
+    pub fn set_flip_average(&mut self, flip_average: preprocess::FlipAverage) {
+        self.meta.flip_average = flip_average;
     }
 
     /// Segments one slice: probability map, threshold (the model's default unless given),
@@ -399,6 +444,7 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::FlipAverage;
 
     fn props(normalisation: &str) -> HashMap<String, String> {
         [
@@ -421,6 +467,20 @@ mod tests {
         }
         let err = ModelMeta::from_props(props("minmax")).unwrap_err().to_string();
         assert!(err.contains("tvunet.normalisation") && err.contains("`minmax`"), "{err}");
+    }
+
+    /// A model without the key averages nothing; one naming an unknown average is refused.
+    #[test]
+    fn metadata_names_the_flip_average() {
+        let mut p = props("tissue-anchored");
+        assert_eq!(ModelMeta::from_props(p.clone()).unwrap().flip_average, FlipAverage::None);
+        for f in FlipAverage::ALL {
+            p.insert(keys::FLIP_AVERAGE.into(), f.name().into());
+            assert_eq!(ModelMeta::from_props(p.clone()).unwrap().flip_average, f);
+        }
+        p.insert(keys::FLIP_AVERAGE.into(), "diagonal".into());
+        let err = ModelMeta::from_props(p).unwrap_err().to_string();
+        assert!(err.contains("tvunet.flip_average") && err.contains("`diagonal`"), "{err}");
     }
 
     #[cfg(target_arch = "x86_64")]

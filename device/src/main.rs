@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use tvunet_device::display::StatusDisplay;
 use tvunet_device::link::{self, LinkConfig, SerialServer, Service, TcpServer};
+use tvunet_device::preprocess::FlipAverage;
 use tvunet_device::protocol::{InferRequest, Limits, SliceData};
 use tvunet_device::{Engine, ModelError, PixelSpacing, Segmenter, SliceReport};
 
@@ -60,6 +61,10 @@ struct ServeArgs {
     /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
     #[arg(long, default_value_t = 1, value_parser = thread_count)]
     threads: usize,
+    /// Mirror images to average in place of the model's own setting: none, left-right,
+    /// top-bottom or four-way (each costs one more inference).
+    #[arg(long, value_parser = flip_average)]
+    flip_average: Option<FlipAverage>,
     /// Serial device to serve, e.g. /dev/ttyUSB0.
     #[arg(long)]
     serial: Option<String>,
@@ -112,6 +117,10 @@ struct InferArgs {
     /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
     #[arg(long, default_value_t = 1, value_parser = thread_count)]
     threads: usize,
+    /// Mirror images to average in place of the model's own setting: none, left-right,
+    /// top-bottom or four-way (each costs one more inference).
+    #[arg(long, value_parser = flip_average)]
+    flip_average: Option<FlipAverage>,
     /// PNG or JPEG slices.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -127,6 +136,13 @@ struct InferArgs {
     /// Largest slice accepted, pixels (width times height).
     #[arg(long, default_value_t = Limits::default().max_slice_pixels)]
     max_slice_pixels: u64,
+}
+
+/// Parses a flip average by the name models carry in their metadata.
+fn flip_average(text: &str) -> Result<FlipAverage, String> {
+    FlipAverage::from_name(text).ok_or_else(|| {
+        format!("`{text}` is not a flip average: give none, left-right, top-bottom or four-way")
+    })
 }
 
 /// Parses a thread count: a whole number of at least 1, so that 0 is a usage error like any
@@ -170,10 +186,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_model(path: &Path, engine: Engine, threads: usize) -> anyhow::Result<Segmenter> {
+fn load_model(
+    path: &Path,
+    engine: Engine,
+    threads: usize,
+    flips: Option<FlipAverage>,
+) -> anyhow::Result<Segmenter> {
     tvunet_device::inference::set_threads(threads).context("--threads")?;
-    Segmenter::load_with(path, engine)
-        .with_context(|| format!("loading model {} for engine {engine}", path.display()))
+    let mut segmenter = Segmenter::load_with(path, engine)
+        .with_context(|| format!("loading model {} for engine {engine}", path.display()))?;
+    if let Some(f) = flips {
+        segmenter.set_flip_average(f);
+    }
+    Ok(segmenter)
 }
 
 /// `PORT` alone means loopback.
@@ -186,7 +211,8 @@ fn tcp_address(text: &str) -> String {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = LinkConfig { limits: args.limits.limits()?, ..LinkConfig::default() };
-    let segmenter = Arc::new(load_model(&args.model, args.engine, args.threads)?);
+    let segmenter =
+        Arc::new(load_model(&args.model, args.engine, args.threads, args.flip_average)?);
     let display = Arc::new(StatusDisplay::new(segmenter.name(), args.display_png.clone()));
     let service = Arc::new(Service::new(segmenter, config)?.with_observer(display));
     let mut stdout = std::io::stdout();
@@ -223,7 +249,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<ExitCode> {
     limits.check()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output directory {}", args.out.display()))?;
-    let segmenter = load_model(&args.model, args.engine, args.threads)?;
+    let segmenter = load_model(&args.model, args.engine, args.threads, args.flip_average)?;
     let mut failed = 0usize;
     for file in &args.files {
         match infer_one(&segmenter, file, args, &limits) {

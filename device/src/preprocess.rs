@@ -45,6 +45,79 @@ impl Normalisation {
     }
 }
 
+/// Which mirror images of the input plane the network also sees, each probability map mirrored
+/// back and all of them averaged (test-time flips). Training flips slices both ways, so the
+/// network has learnt each mirror image; averaging them cancels part of its error, at one
+/// inference per image. The model's metadata names it (`tvunet.flip_average`; absent means
+/// [`FlipAverage::None`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlipAverage {
+    /// The plane as it is: one inference.
+    #[default]
+    None,
+    /// The plane and its left-right mirror: two inferences.
+    LeftRight,
+    /// The plane and its top-bottom mirror: two inferences.
+    TopBottom,
+    /// The plane, both mirrors and the two together (a half turn): four inferences.
+    FourWay,
+}
+
+impl FlipAverage {
+    /// Every flip average this runtime knows.
+    pub const ALL: [FlipAverage; 4] =
+        [FlipAverage::None, FlipAverage::LeftRight, FlipAverage::TopBottom, FlipAverage::FourWay];
+
+    /// The name written into the model's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlipAverage::None => "none",
+            FlipAverage::LeftRight => "left-right",
+            FlipAverage::TopBottom => "top-bottom",
+            FlipAverage::FourWay => "four-way",
+        }
+    }
+
+    /// The flip average called `name` in a model's metadata, if this runtime knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The mirror images averaged, as (left-right, top-bottom) pairs; the first is the plane.
+    pub fn mirrors(self) -> &'static [(bool, bool)] {
+        match self {
+            FlipAverage::None => &[(false, false)],
+            FlipAverage::LeftRight => &[(false, false), (true, false)],
+            FlipAverage::TopBottom => &[(false, false), (false, true)],
+            FlipAverage::FourWay => &[(false, false), (true, false), (false, true), (true, true)],
+        }
+    }
+}
+
+/// A row-major `width` x `height` map mirrored left-right and/or top-bottom; its own inverse.
+pub fn mirror<T: Copy>(
+    map: &[T],
+    width: u32,
+    height: u32,
+    left_right: bool,
+    top_bottom: bool,
+) -> Vec<T> {
+    let (w, h) = (width as usize, height as usize);
+    debug_assert_eq!(map.len(), w * h);
+    let mut out = Vec::with_capacity(map.len());
+    for y in 0..h {
+        let row = if top_bottom { h - 1 - y } else { y };
+        let src = &map[row * w..(row + 1) * w];
+        if left_right {
+            out.extend(src.iter().rev());
+        } else {
+            out.extend_from_slice(src);
+        }
+    }
+    out
+}
+
 /// Fewest grey levels between the 1st and 99th percentile of a slice worth segmenting; a CT
 /// slice in any window spans far more (air to soft tissue). Percentiles rather than the darkest
 /// and brightest pixel, so that a few stray pixels do not make a blank export pass.
@@ -390,6 +463,24 @@ pub fn model_input(slice: &GraySlice, side: u32, normalisation: Normalisation) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mirroring moves each value to its mirror position and undoes itself; the names the
+    /// metadata uses read back.
+    #[test]
+    fn mirrors_move_values_and_undo_themselves() {
+        let map: Vec<u8> = (0..6).collect(); // 3 wide, 2 high: [0 1 2; 3 4 5]
+        assert_eq!(mirror(&map, 3, 2, true, false), [2, 1, 0, 5, 4, 3]);
+        assert_eq!(mirror(&map, 3, 2, false, true), [3, 4, 5, 0, 1, 2]);
+        assert_eq!(mirror(&map, 3, 2, true, true), [5, 4, 3, 2, 1, 0]);
+        for &(lr, tb) in FlipAverage::FourWay.mirrors() {
+            assert_eq!(mirror(&mirror(&map, 3, 2, lr, tb), 3, 2, lr, tb), map);
+        }
+        for f in FlipAverage::ALL {
+            assert_eq!(FlipAverage::from_name(f.name()), Some(f));
+            assert_eq!(f.mirrors()[0], (false, false), "the plane itself comes first");
+        }
+        assert_eq!(FlipAverage::from_name("sideways"), None);
+    }
 
     /// Resizing keeps the values of a map outside 0..1 (grey levels), not clamped.
     #[test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use tvunet_device::preprocess::FlipAverage;
 use tvunet_device::Segmenter;
 
 use crate::data::LabelledSlice;
@@ -50,6 +51,8 @@ pub struct Report {
     pub slices: usize,
     /// The model's default threshold.
     pub threshold: f32,
+    /// Mirror images averaged into each probability map (`none`: the network's own map).
+    pub flip_average: String,
     /// Figures at the default threshold.
     pub at_default: AtThreshold,
     /// 95 % bootstrap intervals over slices (1000 resamples) at the default threshold.
@@ -96,17 +99,21 @@ fn bootstrap(per_slice: &[Counts], stat: impl Fn(&[Counts]) -> f64) -> Interval 
     Interval { low: percentile(&values, 0.025), high: percentile(&values, 0.975) }
 }
 
-/// Runs `model` with `engine` over `slices` and writes `report.json`, `sweep.csv` and `pr.png`
-/// into `out`.
+/// Runs `model` with `engine` (and `flip_average` in place of the model's own, if given) over
+/// `slices` and writes `report.json`, `sweep.csv` and `pr.png` into `out`.
 pub fn evaluate(
     model: &Path,
     engine: tvunet_device::Engine,
+    flip_average: Option<FlipAverage>,
     slices: &[LabelledSlice],
     data: &Path,
     out: &Path,
 ) -> Result<Report> {
     anyhow::ensure!(!slices.is_empty(), "no slices to evaluate in {}", data.display());
-    let segmenter = Segmenter::load_with(model, engine)?;
+    let mut segmenter = Segmenter::load_with(model, engine)?;
+    if let Some(f) = flip_average {
+        segmenter.set_flip_average(f);
+    }
     let probs: Vec<Vec<f32>> = slices
         .iter()
         .map(|s| segmenter.probability(&s.image))
@@ -142,6 +149,7 @@ pub fn evaluate(
         data: data.display().to_string(),
         slices: slices.len(),
         threshold,
+        flip_average: segmenter.meta().flip_average.name().to_string(),
         at_default: at(threshold, &default_counts),
         dice_pooled_ci95: bootstrap(&default_counts, |s| {
             s.iter().fold(Counts::default(), |a, c| a.merge(*c)).dice()

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use tvunet::data::{self, LabelledSlice, Target};
 use tvunet::{client, demo, eval, export, model, quantize, train};
-use tvunet_device::preprocess::Normalisation;
+use tvunet_device::preprocess::{FlipAverage, Normalisation};
 use tvunet_device::PixelSpacing;
 
 #[derive(Parser)]
@@ -26,6 +26,8 @@ enum Command {
     Train(TrainArgs),
     /// Export a trained run to ONNX, checked against tract on real slices.
     Export(ExportArgs),
+    /// Change the defaults a model file carries (threshold, flip average), network untouched.
+    SetDefaults(SetDefaultsArgs),
     /// Quantize an exported fp32 model to int8 for tract, calibrated on unlabelled slices.
     Quantize(QuantizeArgs),
     /// Pseudo-label unlabelled slices with a teacher model, keeping the confident ones, for
@@ -184,6 +186,10 @@ struct EvalArgs {
     /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = tvunet_device::Engine::Tract)]
     engine: tvunet_device::Engine,
+    /// Mirror images to average in place of the model's own setting: none, left-right,
+    /// top-bottom or four-way.
+    #[arg(long)]
+    flip_average: Option<String>,
     /// Re-window every slice before inference (a robustness check): grey values go through
     /// this gamma, then --grey-scale and --grey-offset (see `data::GreyChange`).
     #[arg(long, default_value_t = 1.0)]
@@ -324,6 +330,32 @@ struct ExportArgs {
     /// Default threshold to write (default: the one the run chose on validation).
     #[arg(long)]
     threshold: Option<f32>,
+    /// Mirror images the device averages (none, left-right, top-bottom or four-way).
+    #[arg(long, default_value = "none")]
+    flip_average: String,
+}
+
+#[derive(Args)]
+struct SetDefaultsArgs {
+    /// ONNX model file (fp32 or int8).
+    #[arg(long)]
+    model: PathBuf,
+    /// File to write; may be the model itself.
+    #[arg(long)]
+    out: PathBuf,
+    /// New default threshold on the lesion probability, in (0, 1).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// New flip average: none, left-right, top-bottom or four-way.
+    #[arg(long)]
+    flip_average: Option<String>,
+}
+
+/// The flip average named on the command line.
+fn flip_average(name: &str) -> Result<FlipAverage> {
+    FlipAverage::from_name(name).with_context(|| {
+        format!("--flip-average {name}: not `none`, `left-right`, `top-bottom` or `four-way`")
+    })
 }
 
 /// Reads a labelled folder or a NIfTI pair.
@@ -400,7 +432,8 @@ fn run_export(a: ExportArgs) -> Result<()> {
     let cfg = train::RunDir(a.checkpoint.clone()).read_config()?;
     let slices = read_labelled(&a.data, cfg.target)
         .with_context(|| format!("reading parity slices from {}", a.data.display()))?;
-    let s = export::export(&a.checkpoint, &a.out, a.threshold, &slices)?;
+    let flips = flip_average(&a.flip_average)?;
+    let s = export::export(&a.checkpoint, &a.out, a.threshold, flips, &slices)?;
     println!(
         "wrote {} ({} bytes, sha256 {}), threshold {}; parity with tract on {} slices: \
          max |diff| {:.2e}",
@@ -411,6 +444,17 @@ fn run_export(a: ExportArgs) -> Result<()> {
         s.parity_slices,
         s.max_abs_diff
     );
+    Ok(())
+}
+
+fn run_set_defaults(a: SetDefaultsArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.threshold.is_some() || a.flip_average.is_some(),
+        "nothing to change: give --threshold and/or --flip-average"
+    );
+    let flips = a.flip_average.as_deref().map(flip_average).transpose()?;
+    let sha = export::set_defaults(&a.model, &a.out, a.threshold, flips)?;
+    println!("wrote {} (sha256 {})", a.out.display(), &sha[..16]);
     Ok(())
 }
 
@@ -505,7 +549,8 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         }
         eprintln!("every slice re-windowed: {change:?}");
     }
-    let r = eval::evaluate(&a.model, a.engine, &slices, &a.data.data, &a.out)?;
+    let flips = a.flip_average.as_deref().map(flip_average).transpose()?;
+    let r = eval::evaluate(&a.model, a.engine, flips, &slices, &a.data.data, &a.out)?;
     let d = &r.at_default;
     println!(
         "{} slices, threshold {:.2}: dice pooled {:.3} [{:.3}, {:.3}], mean per slice {:.3} \
@@ -561,6 +606,7 @@ fn main() {
         Command::PseudoLabel(a) => run_pseudo(a),
         Command::Pretext(a) => run_pretext(a),
         Command::Eval(a) => run_eval(a),
+        Command::SetDefaults(a) => run_set_defaults(a),
         Command::Send(a) => run_send(a),
         Command::Demo(a) => run_demo(a),
     };

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tvunet_device::preprocess::GraySlice;
+use tvunet_device::preprocess::{mirror, GraySlice};
 use tvunet_device::Segmenter;
 
 /// Half-width of the probability band around the threshold counted as uncertain.
@@ -172,39 +172,13 @@ fn flipped_mean(teacher: &Segmenter, slice: &GraySlice) -> Result<Vec<f32>> {
     let mut sum = vec![0f32; slice.len()];
     for (flip_x, flip_y) in [(false, false), (true, false), (false, true), (true, true)] {
         let flipped = GraySlice {
-            pixels: flip(&slice.pixels, slice.width, slice.height, flip_x, flip_y),
+            pixels: mirror(&slice.pixels, slice.width, slice.height, flip_x, flip_y),
             ..slice.clone()
         };
         let prob = teacher.probability(&flipped)?;
-        for (s, p) in sum.iter_mut().zip(flip(&prob, slice.width, slice.height, flip_x, flip_y)) {
+        for (s, p) in sum.iter_mut().zip(mirror(&prob, slice.width, slice.height, flip_x, flip_y)) {
             *s += p / 4.0;
         }
     }
     Ok(sum)
-}
-
-/// A row-major `width` x `height` map mirrored left-right and/or top-bottom (its own inverse).
-fn flip<T: Copy>(map: &[T], width: u32, height: u32, flip_x: bool, flip_y: bool) -> Vec<T> {
-    let (w, h) = (width as usize, height as usize);
-    (0..h)
-        .flat_map(|y| (0..w).map(move |x| (x, y)))
-        .map(|(x, y)| {
-            let sx = if flip_x { w - 1 - x } else { x };
-            let sy = if flip_y { h - 1 - y } else { y };
-            map[sy * w + sx]
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::flip;
-
-    #[test]
-    fn flips_mirror_and_undo_themselves() {
-        let map: Vec<u8> = (0..6).collect(); // 3 wide, 2 high
-        assert_eq!(flip(&map, 3, 2, true, false), vec![2, 1, 0, 5, 4, 3]);
-        assert_eq!(flip(&map, 3, 2, false, true), vec![3, 4, 5, 0, 1, 2]);
-        assert_eq!(flip(&flip(&map, 3, 2, true, true), 3, 2, true, true), map);
-    }
 }

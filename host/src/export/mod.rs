@@ -7,7 +7,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
+use prost::Message;
+use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 use tvunet_device::inference::keys;
+use tvunet_device::preprocess::FlipAverage;
 use tvunet_device::Segmenter;
 
 use crate::data::LabelledSlice;
@@ -50,6 +53,7 @@ pub fn export(
     run: &Path,
     out: &Path,
     threshold: Option<f32>,
+    flip_average: FlipAverage,
     parity_slices: &[LabelledSlice],
 ) -> Result<ExportSummary> {
     let run = RunDir(run.to_path_buf());
@@ -72,6 +76,7 @@ pub fn export(
         (keys::VERSION, env!("CARGO_PKG_VERSION").to_string()),
         (keys::GIT_COMMIT, git_commit()),
         (keys::PRECISION, "fp32".to_string()),
+        (keys::FLIP_AVERAGE, flip_average.name().to_string()),
         ("tvunet.architecture", cfg.unet.architecture()),
         ("tvunet.lambda_tv", format!("{}", cfg.lambda_tv)),
     ]
@@ -121,4 +126,33 @@ pub fn export(
         threshold,
     };
     Ok(summary)
+}
+
+/// Copies the model file `model` to `out` with new defaults in its metadata: the threshold
+/// and/or the flip average. The network is untouched, and the device's loader checks the new
+/// file before it is written. Returns the new file's sha256.
+pub fn set_defaults(
+    model: &Path,
+    out: &Path,
+    threshold: Option<f32>,
+    flip_average: Option<FlipAverage>,
+) -> Result<String> {
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let mut proto = ModelProto::decode(&bytes[..])
+        .with_context(|| format!("{}: not an ONNX model", model.display()))?;
+    let mut set = |key: &str, value: String| {
+        proto.metadata_props.retain(|p| p.key != key);
+        proto.metadata_props.push(StringStringEntryProto { key: key.to_string(), value });
+    };
+    if let Some(t) = threshold {
+        set(keys::THRESHOLD, format!("{t}"));
+    }
+    if let Some(f) = flip_average {
+        set(keys::FLIP_AVERAGE, f.name().to_string());
+    }
+    let bytes = proto.encode_to_vec();
+    let checked = Segmenter::from_bytes(&bytes, &out.display().to_string())
+        .with_context(|| format!("the new defaults for {}", model.display()))?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(checked.sha256().to_string())
 }
