@@ -369,25 +369,43 @@ impl Segmenter {
         preprocess::model_input(slice, self.meta.input_size, self.meta.normalisation)
     }
 
-    /// Probability map of a slice at the slice's own size.
+    /// Probability map of a slice at the slice's own size, averaged over the mirror images the
+    /// model's metadata names (or [`Segmenter::set_flip_average`] set).
     ///
     /// # Errors
     /// [`ModelError::Run`] when tract fails.
     pub fn probability(&self, slice: &GraySlice) -> Result<Vec<f32>, ModelError> {
+        self.probability_with(slice, self.meta.flip_average)
+    }
+
+    /// Probability map of a slice at the slice's own size, averaged over the mirror images of
+    /// `flips` whatever the model's metadata says.
+    ///
+    /// # Errors
+    /// [`ModelError::Run`] when tract fails.
+    pub fn probability_with(
+        &self,
+        slice: &GraySlice,
+        flips: preprocess::FlipAverage,
+    ) -> Result<Vec<f32>, ModelError> {
         let side = self.meta.input_size;
         let plane = self.input_plane(slice);
-        let prob = self.averaged_plane(&plane)?;
+        let prob = self.averaged_plane(&plane, flips)?;
         Ok(preprocess::resize_map(&prob, (side, side), (slice.width, slice.height)))
     }
 
-    /// The network's probability over `plane` averaged with its mirror images, as the model's
-    /// flip average says ([`preprocess::FlipAverage`]); the network's own output when it says
-    /// `none`.
+    /// The network's probability over `plane` averaged with the mirror images of `flips`
+    /// ([`preprocess::FlipAverage`]), each mirrored back; the network's own output for
+    /// [`preprocess::FlipAverage::None`]. One inference per image.
     ///
     /// # Errors
     /// As [`Segmenter::probability_plane`].
-    pub fn averaged_plane(&self, plane: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let mirrors = self.meta.flip_average.mirrors();
+    pub fn averaged_plane(
+        &self,
+        plane: &[f32],
+        flips: preprocess::FlipAverage,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mirrors = flips.mirrors();
         let side = self.meta.input_size;
         let mut mean = self.probability_plane(plane)?;
         for &(lr, tb) in &mirrors[1..] {
@@ -404,6 +422,13 @@ impl Segmenter {
     /// Replaces the flip average the model's metadata asked for (an evaluation of another
     /// setting on the same file).
     pub fn set_flip_average(&mut self, flip_average: preprocess::FlipAverage) {
+        if flip_average != self.meta.flip_average {
+            tracing::info!(
+                model = self.meta.flip_average.name(),
+                now = flip_average.name(),
+                "flip average overridden"
+            );
+        }
         self.meta.flip_average = flip_average;
     }
 

@@ -479,6 +479,11 @@ mod tests {
             assert_eq!(FlipAverage::from_name(f.name()), Some(f));
             assert_eq!(f.mirrors()[0], (false, false), "the plane itself comes first");
         }
+        // (left-right, top-bottom): a left-right mirror reverses each row.
+        assert_eq!(FlipAverage::LeftRight.mirrors()[1..], [(true, false)]);
+        assert_eq!(FlipAverage::TopBottom.mirrors()[1..], [(false, true)]);
+        assert_eq!(FlipAverage::None.mirrors().len(), 1);
+        assert_eq!(FlipAverage::FourWay.mirrors().len(), 4);
         assert_eq!(FlipAverage::from_name("sideways"), None);
     }
 

@@ -61,11 +61,14 @@ fn left_right_average_is_the_mean_of_the_plane_and_its_mirror() {
     let side = segmenter.meta().input_size;
     let one = segmenter.probability_plane(&plane).unwrap();
     let flipped = segmenter.probability_plane(&mirror(&plane, side, side, true, false)).unwrap();
-    segmenter.set_flip_average(FlipAverage::LeftRight);
-    let mean = segmenter.averaged_plane(&plane).unwrap();
+    let mean = segmenter.averaged_plane(&plane, FlipAverage::LeftRight).unwrap();
     for ((m, a), b) in mean.iter().zip(&one).zip(mirror(&flipped, side, side, true, false)) {
         assert!((m - (a + b) / 2.0).abs() < 1e-6 && (0.0..=1.0).contains(m));
     }
-    segmenter.set_flip_average(FlipAverage::None);
-    assert_eq!(segmenter.averaged_plane(&plane).unwrap(), one);
+    assert_eq!(segmenter.averaged_plane(&plane, FlipAverage::None).unwrap(), one);
+    // The metadata's setting is what `probability` uses; `probability_with` names its own.
+    segmenter.set_flip_average(FlipAverage::TopBottom);
+    let by_meta = segmenter.probability(&slices[0]).unwrap();
+    assert_eq!(by_meta, segmenter.probability_with(&slices[0], FlipAverage::TopBottom).unwrap());
+    assert_ne!(by_meta, segmenter.probability_with(&slices[0], FlipAverage::LeftRight).unwrap());
 }

@@ -178,6 +178,7 @@ fn check_slices_match_local<S: Read + Write>(client: &mut Client<S>) {
     let info = client.hello().unwrap();
     assert_eq!(info.model_sha256, segmenter().sha256());
     assert_eq!(info.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(info.flip_average, segmenter().meta().flip_average.name());
     for (file, (name, local_mask, local)) in slices().iter().zip(&local_results().masks) {
         assert_eq!(&stem(file), name);
         let report = client.infer(&encoded_request(file)).unwrap();

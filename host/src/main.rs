@@ -188,8 +188,8 @@ struct EvalArgs {
     engine: tvunet_device::Engine,
     /// Mirror images to average in place of the model's own setting: none, left-right,
     /// top-bottom or four-way.
-    #[arg(long)]
-    flip_average: Option<String>,
+    #[arg(long, value_parser = flip_average)]
+    flip_average: Option<FlipAverage>,
     /// Re-window every slice before inference (a robustness check): grey values go through
     /// this gamma, then --grey-scale and --grey-offset (see `data::GreyChange`).
     #[arg(long, default_value_t = 1.0)]
@@ -331,8 +331,8 @@ struct ExportArgs {
     #[arg(long)]
     threshold: Option<f32>,
     /// Mirror images the device averages (none, left-right, top-bottom or four-way).
-    #[arg(long, default_value = "none")]
-    flip_average: String,
+    #[arg(long, default_value = "none", value_parser = flip_average)]
+    flip_average: FlipAverage,
 }
 
 #[derive(Args)]
@@ -347,14 +347,14 @@ struct SetDefaultsArgs {
     #[arg(long)]
     threshold: Option<f32>,
     /// New flip average: none, left-right, top-bottom or four-way.
-    #[arg(long)]
-    flip_average: Option<String>,
+    #[arg(long, value_parser = flip_average)]
+    flip_average: Option<FlipAverage>,
 }
 
-/// The flip average named on the command line.
-fn flip_average(name: &str) -> Result<FlipAverage> {
-    FlipAverage::from_name(name).with_context(|| {
-        format!("--flip-average {name}: not `none`, `left-right`, `top-bottom` or `four-way`")
+/// Parses a flip average by the name models carry in their metadata.
+fn flip_average(text: &str) -> Result<FlipAverage, String> {
+    FlipAverage::from_name(text).ok_or_else(|| {
+        format!("`{text}` is not a flip average: give none, left-right, top-bottom or four-way")
     })
 }
 
@@ -432,8 +432,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
     let cfg = train::RunDir(a.checkpoint.clone()).read_config()?;
     let slices = read_labelled(&a.data, cfg.target)
         .with_context(|| format!("reading parity slices from {}", a.data.display()))?;
-    let flips = flip_average(&a.flip_average)?;
-    let s = export::export(&a.checkpoint, &a.out, a.threshold, flips, &slices)?;
+    let s = export::export(&a.checkpoint, &a.out, a.threshold, a.flip_average, &slices)?;
     println!(
         "wrote {} ({} bytes, sha256 {}), threshold {}; parity with tract on {} slices: \
          max |diff| {:.2e}",
@@ -452,8 +451,7 @@ fn run_set_defaults(a: SetDefaultsArgs) -> Result<()> {
         a.threshold.is_some() || a.flip_average.is_some(),
         "nothing to change: give --threshold and/or --flip-average"
     );
-    let flips = a.flip_average.as_deref().map(flip_average).transpose()?;
-    let sha = export::set_defaults(&a.model, &a.out, a.threshold, flips)?;
+    let sha = export::set_defaults(&a.model, &a.out, a.threshold, a.flip_average)?;
     println!("wrote {} (sha256 {})", a.out.display(), &sha[..16]);
     Ok(())
 }
@@ -549,8 +547,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         }
         eprintln!("every slice re-windowed: {change:?}");
     }
-    let flips = a.flip_average.as_deref().map(flip_average).transpose()?;
-    let r = eval::evaluate(&a.model, a.engine, flips, &slices, &a.data.data, &a.out)?;
+    let r = eval::evaluate(&a.model, a.engine, a.flip_average, &slices, &a.data.data, &a.out)?;
     let d = &r.at_default;
     println!(
         "{} slices, threshold {:.2}: dice pooled {:.3} [{:.3}, {:.3}], mean per slice {:.3} \

@@ -7,14 +7,15 @@
 //! `threshold - UNCERTAIN_BAND`, is at most `max_uncertain`.
 //!
 //! With `soft`, the teacher's probability map is written too (`masks_soft/`), and training learns
-//! it as it is (distillation) rather than the cut mask. With `flips`, the teacher's map is the
-//! mean over the slice and its horizontal, vertical and double flips.
+//! it as it is (distillation) rather than the cut mask. With `flips`, the teacher's map is its
+//! four-way flip average (the slice's input plane, its two mirror images and both together;
+//! `FlipAverage::FourWay`) whatever its file asks; without, the teacher infers as its file asks.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tvunet_device::preprocess::{mirror, GraySlice};
+use tvunet_device::preprocess::{FlipAverage, GraySlice};
 use tvunet_device::Segmenter;
 
 /// Half-width of the probability band around the threshold counted as uncertain.
@@ -96,8 +97,9 @@ pub fn pseudo_label(
             refused += 1;
             continue;
         };
+        // Without `flips`, the teacher infers as its file asks (its own flip average).
         let prob = if opts.flips {
-            flipped_mean(teacher, &slice)?
+            teacher.probability_with(&slice, FlipAverage::FourWay)?
         } else {
             teacher.probability(&slice)?
         };
@@ -165,20 +167,4 @@ fn check_options(opts: &PseudoOptions) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The teacher's probability averaged over the slice and its three flips, each flipped back.
-fn flipped_mean(teacher: &Segmenter, slice: &GraySlice) -> Result<Vec<f32>> {
-    let mut sum = vec![0f32; slice.len()];
-    for (flip_x, flip_y) in [(false, false), (true, false), (false, true), (true, true)] {
-        let flipped = GraySlice {
-            pixels: mirror(&slice.pixels, slice.width, slice.height, flip_x, flip_y),
-            ..slice.clone()
-        };
-        let prob = teacher.probability(&flipped)?;
-        for (s, p) in sum.iter_mut().zip(mirror(&prob, slice.width, slice.height, flip_x, flip_y)) {
-            *s += p / 4.0;
-        }
-    }
-    Ok(sum)
 }

@@ -117,6 +117,9 @@ fn mse_calibration_quantizes_the_default_model_within_the_budget() {
 
     let a = Segmenter::load(&fp32).unwrap();
     let b = Segmenter::load(&int8).unwrap();
+    // The int8 file infers as the fp32 file asks: same threshold, same flip average.
+    assert_eq!(b.meta().threshold, a.meta().threshold);
+    assert_eq!(b.meta().flip_average, a.meta().flip_average);
     let slices = data::read_folder(&fx, Target::Infection).unwrap();
     within_the_accuracy_budget(&a, &b, &slices);
 }

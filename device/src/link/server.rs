@@ -102,6 +102,7 @@ impl Service {
             threshold: meta.threshold,
             target: meta.target.clone(),
             precision: meta.precision.clone(),
+            flip_average: meta.flip_average.name().to_string(),
             tvunet_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,
             max_frame_bytes: limits.max_frame_bytes as u64,

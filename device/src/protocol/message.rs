@@ -63,6 +63,9 @@ pub struct DeviceInfo {
     pub target: String,
     /// Number representation of the weights (`fp32` or `int8`).
     pub precision: String,
+    /// Mirror images averaged into each probability map (`none`, `left-right`, `top-bottom` or
+    /// `four-way`).
+    pub flip_average: String,
     /// tvunet version of the device runtime.
     pub tvunet_version: String,
     /// Protocol version the device speaks.

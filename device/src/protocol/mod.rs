@@ -25,8 +25,10 @@ pub use message::{
     Chunk, DeviceInfo, ErrorCode, ErrorReply, InferRequest, Message, SliceData, MESSAGE_KINDS,
 };
 
-/// Protocol version carried in every frame header.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version carried in every frame header. Version 2 added
+/// [`DeviceInfo::flip_average`]; a peer speaking version 1 gets a version error, not a
+/// misread message.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Smallest accepted [`Limits::max_frame_bytes`], bytes.
 pub const MIN_FRAME_BYTES: usize = 128;

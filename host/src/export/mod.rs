@@ -153,6 +153,9 @@ pub fn set_defaults(
     let bytes = proto.encode_to_vec();
     let checked = Segmenter::from_bytes(&bytes, &out.display().to_string())
         .with_context(|| format!("the new defaults for {}", model.display()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(checked.sha256().to_string())
 }
