@@ -122,6 +122,9 @@ pub struct SliceReport {
     pub height: u32,
     /// Threshold applied to the probability map.
     pub threshold: f32,
+    /// Mirror images averaged into the probability map (`none`, `left-right`, `top-bottom` or
+    /// `four-way`).
+    pub flip_average: String,
     /// Lesion pixels in the mask.
     pub lesion_px: u64,
     /// Lesion pixels over all pixels of the slice.
@@ -452,6 +455,7 @@ impl Segmenter {
             width: slice.width,
             height: slice.height,
             threshold,
+            flip_average: self.meta.flip_average.name().to_string(),
             lesion_px,
             lesion_fraction: lesion_px as f64 / slice.len() as f64,
             lesion_area_mm2: spacing.map(|s| lesion_px as f64 * s.pixel_area_mm2()),

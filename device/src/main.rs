@@ -62,7 +62,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1, value_parser = thread_count)]
     threads: usize,
     /// Mirror images to average in place of the model's own setting: none, left-right,
-    /// top-bottom or four-way (each costs one more inference).
+    /// top-bottom or four-way (one inference per image: 1, 2, 2 or 4).
     #[arg(long, value_parser = flip_average)]
     flip_average: Option<FlipAverage>,
     /// Serial device to serve, e.g. /dev/ttyUSB0.
@@ -118,7 +118,7 @@ struct InferArgs {
     #[arg(long, default_value_t = 1, value_parser = thread_count)]
     threads: usize,
     /// Mirror images to average in place of the model's own setting: none, left-right,
-    /// top-bottom or four-way (each costs one more inference).
+    /// top-bottom or four-way (one inference per image: 1, 2, 2 or 4).
     #[arg(long, value_parser = flip_average)]
     flip_average: Option<FlipAverage>,
     /// PNG or JPEG slices.

@@ -189,6 +189,8 @@ fn check_slices_match_local<S: Read + Write>(client: &mut Client<S>) {
         assert_eq!(report.lesion_px, local.lesion_px, "{name}");
         assert_eq!(report.lesions.len(), local.lesions.len(), "{name}");
         assert_eq!(report.model_sha256, local.model_sha256, "{name}");
+        assert_eq!(report.flip_average, local.flip_average, "{name}");
+        assert_eq!(report.flip_average, info.flip_average, "{name}");
         assert_eq!(local.link_bytes, None);
         assert_eq!(report.link_bytes, Some(client.last_link_bytes()), "{name}");
     }

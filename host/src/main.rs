@@ -451,6 +451,9 @@ fn run_set_defaults(a: SetDefaultsArgs) -> Result<()> {
         a.threshold.is_some() || a.flip_average.is_some(),
         "nothing to change: give --threshold and/or --flip-average"
     );
+    if let Some(t) = a.threshold {
+        anyhow::ensure!(t > 0.0 && t < 1.0, "--threshold {t}: must lie strictly between 0 and 1");
+    }
     let sha = export::set_defaults(&a.model, &a.out, a.threshold, a.flip_average)?;
     println!("wrote {} (sha256 {})", a.out.display(), &sha[..16]);
     Ok(())
@@ -550,10 +553,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let r = eval::evaluate(&a.model, a.engine, a.flip_average, &slices, &a.data.data, &a.out)?;
     let d = &r.at_default;
     println!(
-        "{} slices, threshold {:.2}: dice pooled {:.3} [{:.3}, {:.3}], mean per slice {:.3} \
-         [{:.3}, {:.3}], precision {:.3}, recall {:.3}, IoU {:.3}, mIoU {:.3}, AP {:.3}",
+        "{} slices, threshold {:.2}, flip average {}: dice pooled {:.3} [{:.3}, {:.3}], \
+         mean per slice {:.3} [{:.3}, {:.3}], precision {:.3}, recall {:.3}, IoU {:.3}, \
+         mIoU {:.3}, AP {:.3}",
         r.slices,
         r.threshold,
+        r.flip_average,
         d.dice_pooled,
         r.dice_pooled_ci95.low,
         r.dice_pooled_ci95.high,

@@ -86,7 +86,7 @@ fn a_flip_average_it_does_not_know_is_refused_by_name() {
     assert!(!bad.status.success() && err.contains("diagonal"), "{err}");
     let bad = run(&["--threshold", "1.5"]);
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && err.contains("1.5"), "{err}");
+    assert!(!bad.status.success() && err.contains("--threshold 1.5"), "{err}");
     let nothing = run(&[]);
     assert!(!nothing.status.success());
     assert!(!out.exists(), "nothing is written when the new defaults are refused");

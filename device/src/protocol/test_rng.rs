@@ -112,6 +112,7 @@ pub(crate) fn random_report(rng: &mut Rng, n: usize) -> SliceReport {
         width: rng.next_u32(),
         height: rng.next_u32(),
         threshold: 0.5,
+        flip_average: "top-bottom".into(),
         lesion_px: rng.next_u64() >> 20,
         lesion_fraction: rng.unit(),
         lesion_area_mm2: None,
