@@ -2,14 +2,13 @@
 //! (cargo feature `ort`; skipped with a message where no onnxruntime library is installed).
 #![cfg(feature = "ort")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
-use tvunet_device::{Engine, GraySlice, Segmenter};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::{fixture_slices, root};
+use tvunet_device::{Engine, Segmenter};
 
 /// `ORT_DYLIB_PATH` when set, else the library inside the onnxruntime Python wheel.
 fn onnxruntime_library() -> Option<PathBuf> {
@@ -26,14 +25,6 @@ fn onnxruntime_library() -> Option<PathBuf> {
         .output()
         .ok()?;
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-fn fixture_slices() -> Vec<GraySlice> {
-    let dir = root().join("tests/fixtures/medseg/images");
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files.iter().map(|f| GraySlice::decode(&std::fs::read(f).unwrap()).unwrap()).collect()
 }
 
 #[test]

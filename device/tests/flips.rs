@@ -1,22 +1,11 @@
 //! Test-time flips on real slices: with the four-way average, the probability map of a mirrored
 //! slice is the mirror of the slice's own map, which the network alone does not give.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{fixture_slices, root};
 use tvunet_device::preprocess::{mirror, FlipAverage};
 use tvunet_device::{GraySlice, Segmenter};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn fixture_slices() -> Vec<GraySlice> {
-    let dir = root().join("tests/fixtures/medseg/images");
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files.iter().map(|f| GraySlice::decode(&std::fs::read(f).unwrap()).unwrap()).collect()
-}
 
 /// Largest |p(mirror(slice)) - mirror(p(slice))| over the slices and both mirrors.
 fn mirror_error(segmenter: &Segmenter, slices: &[GraySlice]) -> f32 {
