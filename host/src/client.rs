@@ -76,6 +76,8 @@ pub fn send_over<S: Read + Write>(
         sha256 = %info.model_sha256,
         input_size = info.input_size,
         target = %info.target,
+        threshold = info.threshold,
+        flip_average = %info.flip_average,
         "device ready"
     );
     let mut sent = Vec::with_capacity(files.len());
