@@ -343,11 +343,23 @@ pub struct Augment {
     pub max_gamma: f32,
     /// Largest contrast change before normalisation, relative.
     pub max_contrast: f32,
+    /// Largest change of the height-to-width ratio (0.25 = one axis stretched up to 1.25x
+    /// against the other). The stored slices were cropped and resized without keeping their
+    /// aspect ratio, so the same anatomy arrives stretched differently from slice to slice.
+    /// 0 leaves the ratio alone and draws nothing, so older recipes replay unchanged.
+    #[serde(default)]
+    pub max_aspect: f32,
 }
 
 impl Default for Augment {
     fn default() -> Self {
-        Self { max_rotation_deg: 12.0, max_scale: 0.12, max_gamma: 0.5, max_contrast: 0.2 }
+        Self {
+            max_rotation_deg: 12.0,
+            max_scale: 0.12,
+            max_gamma: 0.5,
+            max_contrast: 0.2,
+            max_aspect: 0.0,
+        }
     }
 }
 
@@ -449,6 +461,13 @@ pub fn augmented_example(
     let (flip_x, flip_y) = (rng.random_bool(0.5), rng.random_bool(0.5));
     let gamma = (1.0 + aug.max_gamma).powf(rng.random_range(-1.0f32..=1.0));
     let contrast = 1.0 + rng.random_range(-aug.max_contrast..=aug.max_contrast);
+    // Stretch along x by sqrt(aspect) and squeeze along y by the same factor.
+    let stretch = if aug.max_aspect > 0.0 {
+        (1.0 + aug.max_aspect).powf(rng.random_range(-0.5f32..=0.5))
+    } else {
+        1.0
+    };
+    let (scale_x, scale_y) = (scale * stretch, scale / stretch);
 
     let n = side as usize;
     let c = (n as f32 - 1.0) / 2.0;
@@ -460,7 +479,7 @@ pub fn augmented_example(
     for y in 0..n {
         for x in 0..n {
             // Output pixel -> source pixel: inverse rotation and scale about the centre.
-            let (dx, dy) = ((x as f32 - c) / scale, (y as f32 - c) / scale);
+            let (dx, dy) = ((x as f32 - c) / scale_x, (y as f32 - c) / scale_y);
             let mut sx = cos * dx + sin * dy + c;
             let mut sy = -sin * dx + cos * dy + c;
             if flip_x {
@@ -641,14 +660,60 @@ mod tests {
         let mask: Vec<u8> = (0..32 * 32).map(|i| u8::from((i / 32) < 10 && (i % 32) < 5)).collect();
         let image = GraySlice::new(32, 32, pixels).unwrap();
         let s = LabelledSlice { id: "t".into(), image, mask, soft_target: None };
-        let aug =
-            Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
+        let aug = Augment {
+            max_rotation_deg: 0.0,
+            max_scale: 0.0,
+            max_gamma: 0.0,
+            max_contrast: 0.0,
+            max_aspect: 0.0,
+        };
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..8 {
             let e = augmented_example(&s, 32, &aug, Normalisation::ZscorePerSlice, &mut rng);
             let lesion = e.target.iter().filter(|&&v| v > 0.5).count();
             assert_eq!(lesion, 50, "flips keep the lesion area");
         }
+    }
+
+    /// Aspect jitter stretches one axis against the other: a centred square lesion comes out
+    /// as a rectangle of about the same area, wider in some draws and taller in others.
+    #[test]
+    fn aspect_jitter_stretches_one_axis_against_the_other() {
+        let n = 64usize;
+        let pixels: Vec<u8> = (0..n * n).map(|i| (i * 7 % 251) as u8).collect();
+        let mask: Vec<u8> = (0..n * n)
+            .map(|i| u8::from((22..42).contains(&(i / n)) && (22..42).contains(&(i % n))))
+            .collect();
+        let s = LabelledSlice {
+            id: "t".into(),
+            image: GraySlice::new(n as u32, n as u32, pixels).unwrap(),
+            mask,
+            soft_target: None,
+        };
+        let aug = Augment {
+            max_rotation_deg: 0.0,
+            max_scale: 0.0,
+            max_gamma: 0.0,
+            max_contrast: 0.0,
+            max_aspect: 0.5,
+        };
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut wider, mut taller) = (false, false);
+        for _ in 0..16 {
+            let e = augmented_example(&s, n as u32, &aug, Normalisation::ZscorePerSlice, &mut rng);
+            let marked: Vec<(usize, usize)> =
+                (0..n * n).filter(|&i| e.target[i] > 0.5).map(|i| (i % n, i / n)).collect();
+            let span = |f: fn(&(usize, usize)) -> usize| {
+                marked.iter().map(f).max().unwrap() - marked.iter().map(f).min().unwrap() + 1
+            };
+            let (w, h) = (span(|p| p.0) as f32, span(|p| p.1) as f32);
+            assert!(w / h <= 1.6 && h / w <= 1.6, "stretch beyond 1.5: {w} x {h}");
+            let area = marked.len() as f32;
+            assert!((area - 400.0).abs() < 60.0, "area {area} of 400 after stretching");
+            wider |= w / h > 1.08;
+            taller |= h / w > 1.08;
+        }
+        assert!(wider && taller, "16 draws stretch both ways");
     }
 
     /// A teacher's probability map is the target as it is, not cut at 0.5, and flips move it
@@ -663,8 +728,13 @@ mod tests {
         let e = example(&s, 32, Normalisation::ZscorePerSlice);
         assert!((e.target[0] - 0.2).abs() < 1e-6, "top rows carry 51/255: {}", e.target[0]);
         assert_eq!(e.target[31 * 32], 0.0);
-        let aug =
-            Augment { max_rotation_deg: 0.0, max_scale: 0.0, max_gamma: 0.0, max_contrast: 0.0 };
+        let aug = Augment {
+            max_rotation_deg: 0.0,
+            max_scale: 0.0,
+            max_gamma: 0.0,
+            max_contrast: 0.0,
+            max_aspect: 0.0,
+        };
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..8 {
             let e = augmented_example(&s, 32, &aug, Normalisation::ZscorePerSlice, &mut rng);

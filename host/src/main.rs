@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use tvunet::data::{self, LabelledSlice, Target};
 use tvunet::{client, demo, eval, export, model, quantize, train};
-use tvunet_device::preprocess::{FlipAverage, Normalisation};
+use tvunet_device::preprocess::{FlipAverage, GraySlice, Normalisation};
 use tvunet_device::PixelSpacing;
 
 #[derive(Parser)]
@@ -28,6 +28,9 @@ enum Command {
     Export(ExportArgs),
     /// Change the defaults a model file carries (threshold, flip average), network untouched.
     SetDefaults(SetDefaultsArgs),
+    /// Put several exported networks in one model file that serves the mean of their maps,
+    /// each network fed the slice or a mirror image of it.
+    Ensemble(EnsembleArgs),
     /// Quantize an exported fp32 model to int8 for tract, calibrated on unlabelled slices.
     Quantize(QuantizeArgs),
     /// Pseudo-label unlabelled slices with a teacher model, keeping the confident ones, for
@@ -250,6 +253,13 @@ struct TrainArgs {
     /// Seed for initialisation, split, order and augmentation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Largest relative change of scale in augmentation (0.12 = 88 % to 112 %).
+    #[arg(long, default_value_t = data::Augment::default().max_scale)]
+    aug_scale: f32,
+    /// Largest change of the height-to-width ratio in augmentation (0.25 = one axis up to
+    /// 1.25x the other); 0 keeps the slice's ratio.
+    #[arg(long, default_value_t = 0.0)]
+    aug_aspect: f32,
     /// Cross-validation folds.
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -351,6 +361,26 @@ struct SetDefaultsArgs {
     flip_average: Option<FlipAverage>,
 }
 
+#[derive(Args)]
+struct EnsembleArgs {
+    /// Member model files (fp32 or int8), two or more: `--model A.onnx --model B.onnx`.
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// The image each member sees, in the order of --model: none, left-right or top-bottom
+    /// (its map is mirrored back). Omitted: every member sees the slice as it is.
+    #[arg(long, value_enum)]
+    mirror: Vec<export::ensemble::Mirror>,
+    /// File to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Default threshold of the ensemble, in (0, 1); the first member's when omitted.
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Labelled folder whose slices check the file against its members run one by one.
+    #[arg(long)]
+    data: PathBuf,
+}
+
 /// Parses a flip average by the name models carry in their metadata.
 fn flip_average(text: &str) -> Result<FlipAverage, String> {
     FlipAverage::from_name(text).ok_or_else(|| {
@@ -377,6 +407,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
         a.fold,
         a.folds
     );
+    for (flag, v) in [("--aug-scale", a.aug_scale), ("--aug-aspect", a.aug_aspect)] {
+        anyhow::ensure!((0.0..1.0).contains(&v), "{flag} {v}: must lie in 0..1");
+    }
     let slices = read_labelled(&a.data.data, a.data.target)?;
     let extra = match &a.extra_data {
         Some(dir) => read_labelled(dir, a.data.target)
@@ -410,7 +443,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         fold: a.fold,
         plateau_patience: a.plateau_patience,
         early_stop_patience: a.early_stop_patience,
-        augment: data::Augment::default(),
+        augment: data::Augment {
+            max_scale: a.aug_scale,
+            max_aspect: a.aug_aspect,
+            ..data::Augment::default()
+        },
         max_minutes: a.max_minutes,
         data_fingerprint: data::fingerprint(&slices),
         extra_per_epoch: if extra.is_empty() {
@@ -456,6 +493,39 @@ fn run_set_defaults(a: SetDefaultsArgs) -> Result<()> {
     }
     let sha = export::set_defaults(&a.model, &a.out, a.threshold, a.flip_average)?;
     println!("wrote {} (sha256 {})", a.out.display(), &sha[..16]);
+    Ok(())
+}
+
+fn run_ensemble(a: EnsembleArgs) -> Result<()> {
+    use export::ensemble::{Member, Mirror};
+    let mirrors = if a.mirror.is_empty() { vec![Mirror::None; a.model.len()] } else { a.mirror };
+    anyhow::ensure!(
+        mirrors.len() == a.model.len(),
+        "{} --mirror for {} --model: give one per model, in the same order",
+        mirrors.len(),
+        a.model.len()
+    );
+    let members: Vec<Member> = a
+        .model
+        .iter()
+        .zip(mirrors)
+        .map(|(model, mirror)| Member { model: model.clone(), mirror })
+        .collect();
+    let slices = read_labelled(&a.data, Target::Infection)
+        .with_context(|| format!("reading check slices from {}", a.data.display()))?;
+    let images: Vec<GraySlice> = slices.into_iter().map(|s| s.image).collect();
+    let s = export::ensemble::ensemble(&members, &a.out, a.threshold, &images)?;
+    println!(
+        "wrote {} ({} bytes, sha256 {}), {} members, threshold {}; against the members one by \
+         one on {} slices: max |diff| {:.2e}",
+        a.out.display(),
+        s.file_bytes,
+        &s.sha256[..16],
+        members.len(),
+        s.threshold,
+        s.parity_slices,
+        s.max_abs_diff
+    );
     Ok(())
 }
 
@@ -609,6 +679,7 @@ fn main() {
         Command::Pretext(a) => run_pretext(a),
         Command::Eval(a) => run_eval(a),
         Command::SetDefaults(a) => run_set_defaults(a),
+        Command::Ensemble(a) => run_ensemble(a),
         Command::Send(a) => run_send(a),
         Command::Demo(a) => run_demo(a),
     };

@@ -518,6 +518,13 @@ pub fn quantize(
     let fp32 = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let proto = ModelProto::decode(&fp32[..])
         .with_context(|| format!("{}: not an ONNX model", model.display()))?;
+    if proto.metadata_props.iter().any(|p| p.key == crate::export::ensemble::MEMBERS_KEY) {
+        bail!(
+            "{} is an ensemble (`tvunet ensemble`): quantize each member, then build the \
+             ensemble of the int8 files",
+            model.display()
+        );
+    }
     let net = folded_from_onnx(&proto).with_context(|| format!("{}", model.display()))?;
     if calib.is_empty() {
         bail!("no calibration slices");

@@ -1,5 +1,6 @@
 //! `tvunet export`: a trained run to an ONNX file the device runs, checked against burn.
 
+pub mod ensemble;
 pub mod folded;
 pub mod onnx;
 
