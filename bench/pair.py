@@ -79,6 +79,15 @@ def main():
             out += [dice(s[name][t]) for j, _, s in cases if j == k]
         return out
 
+    for name in SETTINGS:
+        chosen = []
+        for k in folds:
+            def pooled(t):
+                return dice(np.sum([s[name][t] for j, _, s in cases if j == k], axis=0))
+            chosen.append(max(THRESHOLDS, key=pooled))
+        grid = round(round(np.mean(chosen) / 0.05) * 0.05, 2)
+        print(f"{name:>30}: validation-chosen thresholds {chosen}, mean on the grid {grid}")
+
     for rule, title in (("own", "fold's own (pooled Dice)"), ("other", "other folds")):
         base = per_slice(BASE, rule)
         print(f"threshold chosen on: {title}")

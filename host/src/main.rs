@@ -250,9 +250,14 @@ struct TrainArgs {
     /// no plateau cut, and no threshold is chosen (give `export --threshold`).
     #[arg(long)]
     all_slices: bool,
-    /// Seed for initialisation, split, order and augmentation.
+    /// Seed for the split, and for initialisation, order and augmentation unless --init-seed
+    /// is given.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Seed for initialisation, order and augmentation alone: another network on the same
+    /// folds (an ensemble member).
+    #[arg(long)]
+    init_seed: Option<u64>,
     /// Largest relative change of scale in augmentation (0.12 = 88 % to 112 %).
     #[arg(long, default_value_t = data::Augment::default().max_scale)]
     aug_scale: f32,
@@ -439,6 +444,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         schedule: a.schedule,
         all_slices: a.all_slices,
         seed: a.seed,
+        init_seed: a.init_seed,
         folds: a.folds,
         fold: a.fold,
         plateau_patience: a.plateau_patience,

@@ -52,8 +52,13 @@ pub struct TrainConfig {
     /// then only appears in the log, and the last epoch is the kept checkpoint.
     #[serde(default)]
     pub all_slices: bool,
-    /// Seed for initialisation, splits, shuffling and augmentation.
+    /// Seed for the split, and for initialisation, shuffling and augmentation unless
+    /// `init_seed` is set.
     pub seed: u64,
+    /// Seed for initialisation, shuffling and augmentation when it differs from the split's
+    /// (another network on the same folds, for an ensemble).
+    #[serde(default)]
+    pub init_seed: Option<u64>,
     /// Cross-validation folds.
     pub folds: usize,
     /// Validation fold.
@@ -363,12 +368,16 @@ pub fn train(
 
     let eval_device = cfg.backend.device()?;
     let device = eval_device.clone().autodiff();
-    device.seed(cfg.seed);
+    device.seed(cfg.init_seed.unwrap_or(cfg.seed));
     tracing::info!(backend = cfg.backend.name(), "training backend");
     let (mut model, mut state) = if resume {
         let state: RunState = read_json(&run.state())?;
         let saved: TrainConfig = run.read_config()?;
-        if saved.unet != cfg.unet || saved.seed != cfg.seed || saved.fold != cfg.fold {
+        if saved.unet != cfg.unet
+            || saved.seed != cfg.seed
+            || saved.init_seed != cfg.init_seed
+            || saved.fold != cfg.fold
+        {
             bail!("--resume: {} was trained with another network, seed or fold", dir.display());
         }
         let (_, model) = run.load_model(false, &device)?;
@@ -443,7 +452,7 @@ pub fn train(
         if cfg.schedule == Schedule::Cosine {
             state.learning_rate = cosine_rate(cfg.learning_rate, epoch, cfg.epochs);
         }
-        let mut rng = data::epoch_rng(cfg.seed, epoch);
+        let mut rng = data::epoch_rng(cfg.init_seed.unwrap_or(cfg.seed), epoch);
         let mut drawn: Vec<&LabelledSlice> = extra.iter().collect();
         drawn.shuffle(&mut rng);
         drawn.truncate(extra_per_epoch);
