@@ -98,6 +98,8 @@ fn members_that_do_not_fit_together_are_refused_by_name() {
         assert!(!out.exists(), "nothing written after: {err}");
     };
     refused(&mut ensemble(&[&anchored, &other], &[], &out, &[]), "tvunet-medseg-separable.onnx");
+    let int8 = root().join("models/tvunet-medseg-anchored.int8.onnx");
+    refused(&mut ensemble(&[&anchored, &int8], &[], &out, &[]), "int8");
     refused(&mut ensemble(&[&anchored, &anchored], &["none"], &out, &[]), "1 --mirror for 2");
     refused(&mut ensemble(&[&anchored], &[], &out, &[]), "at least two");
     refused(&mut ensemble(&[&anchored, &anchored], &[], &out, &["--threshold", "1.5"]), "1.5");

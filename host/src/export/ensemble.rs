@@ -168,17 +168,31 @@ pub fn ensemble(
         ensure!(
             meta.input_size == first.input_size
                 && meta.normalisation == first.normalisation
-                && meta.target == first.target,
-            "{}: input {} {} for {} differs from {}: input {} {} for {}",
+                && meta.target == first.target
+                && meta.precision == first.precision,
+            "{}: input {} {}, {} {} differs from {}: input {} {}, {} {}",
             m.model.display(),
             meta.input_size,
             meta.normalisation.name(),
+            meta.precision,
             meta.target,
             members[0].model.display(),
             first.input_size,
             first.normalisation.name(),
+            first.precision,
             first.target
         );
+    }
+    for (m, s) in members.iter().zip(&segmenters) {
+        if s.meta().flip_average != FlipAverage::None {
+            tracing::warn!(
+                member = %m.model.display(),
+                flip_average = s.meta().flip_average.name(),
+                mirror = m.mirror.name(),
+                "the member's own flip average does not carry over: in the ensemble it sees only \
+                 its --mirror image"
+            );
+        }
     }
     let threshold = threshold.unwrap_or(first.threshold);
     ensure!(
