@@ -65,6 +65,18 @@ def dice(c):
     return 1.0 if marked + lesion == 0 else 2.0 * overlap / (marked + lesion)
 
 
+def validation_thresholds(cases, name, folds):
+    """As training chooses: each fold's threshold maximises pooled Dice over its validation
+    slices (`cases`: (fold, id, {setting: {threshold: counts}})), and a model trained on every
+    slice takes their mean on the same grid. Returns (per-fold thresholds, that mean)."""
+    chosen = []
+    for k in folds:
+        def pooled(t):
+            return dice(np.sum([s[name][t] for j, _, s in cases if j == k], axis=0))
+        chosen.append(max(THRESHOLDS, key=pooled))
+    return chosen, round(round(np.mean(chosen) / 0.05) * 0.05, 2)
+
+
 def interval(diffs, rounds=2000):
     rng = random.Random(7)
     means = sorted(
@@ -113,15 +125,8 @@ def main():
             out += [dice(s[name][t]) for j, _, s in cases if j == k]
         return out
 
-    # As training does: each fold's threshold maximises pooled Dice over its validation slices,
-    # and a model trained on every slice takes their mean on the same grid.
     for name in SETTINGS:
-        chosen = []
-        for k in folds:
-            def pooled(t):
-                return dice(np.sum([s[name][t] for j, _, s in cases if j == k], axis=0))
-            chosen.append(max(THRESHOLDS, key=pooled))
-        mean = round(round(np.mean(chosen) / 0.05) * 0.05, 2)
+        chosen, mean = validation_thresholds(cases, name, folds)
         print(f"{name:>10}: validation-chosen thresholds {chosen}, mean on the grid {mean}")
 
     for rule in ("other folds", "fold's own"):

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from flips import THRESHOLDS, counts, dice, interval, mirror
+from flips import THRESHOLDS, counts, dice, interval, mirror, validation_thresholds
 from fold_models import normalise, session, slice_and_mask
 
 # setting -> the maps averaged, each (model, top-bottom mirror)
@@ -80,12 +80,7 @@ def main():
         return out
 
     for name in SETTINGS:
-        chosen = []
-        for k in folds:
-            def pooled(t):
-                return dice(np.sum([s[name][t] for j, _, s in cases if j == k], axis=0))
-            chosen.append(max(THRESHOLDS, key=pooled))
-        grid = round(round(np.mean(chosen) / 0.05) * 0.05, 2)
+        chosen, grid = validation_thresholds(cases, name, folds)
         print(f"{name:>30}: validation-chosen thresholds {chosen}, mean on the grid {grid}")
 
     for rule, title in (("own", "fold's own (pooled Dice)"), ("other", "other folds")):

@@ -33,6 +33,9 @@ pub mod keys {
     /// Mirror images averaged at inference, one of [`crate::preprocess::FlipAverage`]'s names;
     /// absent means `none`.
     pub const FLIP_AVERAGE: &str = "tvunet.flip_average";
+    /// Present in a file that holds several networks (`tvunet ensemble`): `sha256:mirror` of
+    /// each member, comma-separated, in the order the graph runs them.
+    pub const MEMBERS: &str = "tvunet.members";
 }
 
 /// Why a model could not be loaded or run.
@@ -308,6 +311,7 @@ impl Segmenter {
             side,
             threshold = meta.threshold,
             flip_average = meta.flip_average.name(),
+            networks = meta.props.get(keys::MEMBERS).map_or(1, |m| m.split(',').count()),
             %engine,
             "model loaded"
         );

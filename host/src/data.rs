@@ -588,6 +588,15 @@ pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 mod tests {
     use super::*;
 
+    /// No geometric or grey-level change: flips are all that is left.
+    const STILL: Augment = Augment {
+        max_rotation_deg: 0.0,
+        max_scale: 0.0,
+        max_gamma: 0.0,
+        max_contrast: 0.0,
+        max_aspect: 0.0,
+    };
+
     /// A window cuts plane and target at the same place, and a full-size window is the slice.
     #[test]
     fn window_cuts_plane_and_target_together() {
@@ -660,13 +669,7 @@ mod tests {
         let mask: Vec<u8> = (0..32 * 32).map(|i| u8::from((i / 32) < 10 && (i % 32) < 5)).collect();
         let image = GraySlice::new(32, 32, pixels).unwrap();
         let s = LabelledSlice { id: "t".into(), image, mask, soft_target: None };
-        let aug = Augment {
-            max_rotation_deg: 0.0,
-            max_scale: 0.0,
-            max_gamma: 0.0,
-            max_contrast: 0.0,
-            max_aspect: 0.0,
-        };
+        let aug = STILL;
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..8 {
             let e = augmented_example(&s, 32, &aug, Normalisation::ZscorePerSlice, &mut rng);
@@ -690,13 +693,7 @@ mod tests {
             mask,
             soft_target: None,
         };
-        let aug = Augment {
-            max_rotation_deg: 0.0,
-            max_scale: 0.0,
-            max_gamma: 0.0,
-            max_contrast: 0.0,
-            max_aspect: 0.5,
-        };
+        let aug = Augment { max_aspect: 0.5, ..STILL };
         let mut rng = StdRng::seed_from_u64(5);
         let (mut wider, mut taller) = (false, false);
         for _ in 0..16 {
@@ -728,13 +725,7 @@ mod tests {
         let e = example(&s, 32, Normalisation::ZscorePerSlice);
         assert!((e.target[0] - 0.2).abs() < 1e-6, "top rows carry 51/255: {}", e.target[0]);
         assert_eq!(e.target[31 * 32], 0.0);
-        let aug = Augment {
-            max_rotation_deg: 0.0,
-            max_scale: 0.0,
-            max_gamma: 0.0,
-            max_contrast: 0.0,
-            max_aspect: 0.0,
-        };
+        let aug = STILL;
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..8 {
             let e = augmented_example(&s, 32, &aug, Normalisation::ZscorePerSlice, &mut rng);

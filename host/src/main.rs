@@ -378,10 +378,12 @@ struct EnsembleArgs {
     /// File to write.
     #[arg(long)]
     out: PathBuf,
-    /// Default threshold of the ensemble, in (0, 1); the first member's when omitted.
+    /// Default threshold of the ensemble, in (0, 1). The averaged map is a new map: choose it
+    /// on validation slices (`bench/pair.py` prints the folds' choices).
     #[arg(long)]
-    threshold: Option<f32>,
-    /// Labelled folder whose slices check the file against its members run one by one.
+    threshold: f32,
+    /// Slices that check the file against its members run one by one: a labelled folder (its
+    /// images/) or a folder of slice images.
     #[arg(long)]
     data: PathBuf,
 }
@@ -517,9 +519,13 @@ fn run_ensemble(a: EnsembleArgs) -> Result<()> {
         .zip(mirrors)
         .map(|(model, mirror)| Member { model: model.clone(), mirror })
         .collect();
-    let slices = read_labelled(&a.data, Target::Infection)
-        .with_context(|| format!("reading check slices from {}", a.data.display()))?;
-    let images: Vec<GraySlice> = slices.into_iter().map(|s| s.image).collect();
+    let dir = if a.data.join("images").is_dir() { a.data.join("images") } else { a.data.clone() };
+    let images: Vec<GraySlice> = quantize::calibration_slices(&dir, usize::MAX)
+        .with_context(|| format!("reading check slices from --data {}", a.data.display()))?
+        .into_iter()
+        .map(|(_, slice)| slice)
+        .collect();
+    anyhow::ensure!(!images.is_empty(), "--data {}: no slices to check with", a.data.display());
     let s = export::ensemble::ensemble(&members, &a.out, a.threshold, &images)?;
     println!(
         "wrote {} ({} bytes, sha256 {}), {} members, threshold {}; against the members one by \

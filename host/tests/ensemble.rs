@@ -32,6 +32,9 @@ fn ensemble(models: &[&Path], mirrors: &[&str], out: &Path, extra: &[&str]) -> C
         cmd.args(["--mirror", m]);
     }
     cmd.arg("--out").arg(out).args(extra);
+    if !extra.contains(&"--threshold") {
+        cmd.args(["--threshold", "0.4"]);
+    }
     if !extra.contains(&"--data") {
         cmd.arg("--data").arg(fixtures());
     }
@@ -61,11 +64,13 @@ fn a_network_paired_with_its_mirror_is_its_flip_average() {
 
         let (single, pair) = (Segmenter::load(&model).unwrap(), Segmenter::load(&out).unwrap());
         assert_eq!(pair.meta().flip_average, FlipAverage::None, "the mirrors are in the graph");
-        assert_eq!(pair.meta().threshold, single.meta().threshold);
+        assert_eq!(pair.meta().threshold, 0.4);
+        assert_eq!(single.meta().threshold, 0.4, "the test compares at the file's own threshold");
         assert_eq!(pair.meta().precision, single.meta().precision);
-        let members = &pair.meta().props["tvunet.members"];
-        assert!(members.contains(":none,"), "{members}");
-        assert!(members.ends_with(":top-bottom"), "{members}");
+        let listed = format!("{0}:none,{0}:top-bottom", single.sha256());
+        assert_eq!(pair.meta().props["tvunet.members"], listed);
+        let kept = |key: &str| pair.meta().props.get(key) == single.meta().props.get(key);
+        assert!(kept("tvunet.data_fingerprint"), "both members carry it, so the file does");
         let mut worst = 0f32;
         for s in &slices {
             let plane = single.input_plane(&s.image);
@@ -102,6 +107,12 @@ fn members_that_do_not_fit_together_are_refused_by_name() {
     refused(&mut ensemble(&[&anchored, &int8], &[], &out, &[]), "int8");
     refused(&mut ensemble(&[&anchored, &anchored], &["none"], &out, &[]), "1 --mirror for 2");
     refused(&mut ensemble(&[&anchored], &[], &out, &[]), "at least two");
+    let member = dir.path().join("member.onnx");
+    std::fs::copy(&anchored, &member).unwrap();
+    let o = ensemble(&[&anchored, &member], &[], &member, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is member 1"), "{err}");
+    assert_eq!(std::fs::read(&member).unwrap(), std::fs::read(&anchored).unwrap(), "untouched");
     refused(&mut ensemble(&[&anchored, &anchored], &[], &out, &["--threshold", "1.5"]), "1.5");
 
     // An ensemble is not re-quantized as one network.
@@ -114,7 +125,9 @@ fn members_that_do_not_fit_together_are_refused_by_name() {
         "--out",
         out.to_str().unwrap(),
         "--data",
-        fixtures().to_str().unwrap(),
+        fixtures().join("images").to_str().unwrap(),
+        "--threshold",
+        "0.45",
     ]);
     let q = common::quantize(&out, &dir.path().join("q.onnx"));
     let err = String::from_utf8_lossy(&q.stderr);

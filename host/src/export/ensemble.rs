@@ -18,8 +18,12 @@ use tvunet_device::inference::keys;
 use tvunet_device::preprocess::{self, FlipAverage, GraySlice};
 use tvunet_device::Segmenter;
 
-/// Metadata key listing the members: `sha256-prefix:mirror` per member, comma-separated.
-pub const MEMBERS_KEY: &str = "tvunet.members";
+/// Metadata key listing the members ([`keys::MEMBERS`]).
+pub const MEMBERS_KEY: &str = keys::MEMBERS;
+
+/// Metadata the device reads to use the file, which every member must share (the threshold and
+/// flip average are the ensemble's own).
+const SHARED: [&str; 4] = [keys::INPUT_SIZE, keys::NORMALISATION, keys::TARGET, keys::PRECISION];
 
 /// Largest tolerated difference between the ensemble file's map and the mean of its members'
 /// maps computed one by one.
@@ -145,17 +149,31 @@ fn renamed(graph: &GraphProto, prefix: &str, input: &str, output: &str) -> Resul
 
 /// Writes the ensemble of `members` to `out`: the mean of their maps, each member fed its
 /// mirror image of the plane and its map mirrored back. The members must share input side,
-/// normalisation and target; the file takes the first member's other metadata, `threshold`
-/// (or the first member's), flip average `none` (the mirrors are in the graph) and
-/// [`MEMBERS_KEY`]. The device's loader reads the file back, and on `check` slices its map
-/// must equal the members' mean within [`PARITY_TOLERANCE`], or nothing is written.
+/// normalisation, target and precision. The file's metadata: those four, `threshold` (the
+/// averaged map is a new map, so its threshold is chosen for it), flip average `none` (the
+/// mirrors are in the graph), [`MEMBERS_KEY`] with each member's full sha256, this tree's
+/// version and commit, and any other key only where every member carries the same value (a
+/// training fingerprint or a calibration that differs between members describes none of them).
+/// The device's loader reads the file back, and on `check` slices its map must equal the
+/// members' mean within [`PARITY_TOLERANCE`], or nothing is written.
 pub fn ensemble(
     members: &[Member],
     out: &Path,
-    threshold: Option<f32>,
+    threshold: f32,
     check: &[GraySlice],
 ) -> Result<EnsembleSummary> {
     ensure!(members.len() >= 2, "an ensemble needs at least two --model files");
+    for (k, m) in members.iter().enumerate() {
+        let same = std::fs::canonicalize(&m.model)
+            .ok()
+            .zip(std::fs::canonicalize(out).ok())
+            .is_some_and(|(a, b)| a == b);
+        ensure!(
+            !same,
+            "--out {} is member {k} (--model); write the ensemble elsewhere",
+            out.display()
+        );
+    }
     let protos: Vec<ModelProto> =
         members.iter().map(|m| read_model(&m.model)).collect::<Result<_>>()?;
     let segmenters: Vec<Segmenter> = members
@@ -194,7 +212,6 @@ pub fn ensemble(
             );
         }
     }
-    let threshold = threshold.unwrap_or(first.threshold);
     ensure!(
         threshold > 0.0 && threshold < 1.0,
         "--threshold {threshold}: must lie strictly between 0 and 1"
@@ -276,26 +293,41 @@ pub fn ensemble(
     model.graph = Some(graph);
     // Every member must speak an opset the first one declares (a member written against a newer
     // opset would change meaning silently).
+    let opsets = |p: &ModelProto| -> Vec<(String, i64)> {
+        p.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect()
+    };
     for (m, p) in members.iter().zip(&protos).skip(1) {
         ensure!(
             p.opset_import == protos[0].opset_import,
-            "{}: operator sets {:?} differ from the first member's",
+            "{}: operator sets {:?} differ from {:?} of {}",
             m.model.display(),
-            p.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect::<Vec<_>>()
+            opsets(p),
+            opsets(&protos[0]),
+            members[0].model.display()
         );
     }
     let listed: Vec<String> = members
         .iter()
         .zip(&segmenters)
-        .map(|(m, s)| format!("{}:{}", &s.sha256()[..16], m.mirror.name()))
+        .map(|(m, s)| format!("{}:{}", s.sha256(), m.mirror.name()))
         .collect();
-    let mut set = |key: &str, value: String| {
-        model.metadata_props.retain(|p| p.key != key);
-        model.metadata_props.push(StringStringEntryProto { key: key.into(), value });
+    let own = [keys::THRESHOLD, keys::FLIP_AVERAGE, MEMBERS_KEY, keys::VERSION, keys::GIT_COMMIT];
+    let agreed = |key: &str| {
+        let value = |p: &ModelProto| p.metadata_props.iter().find(|e| e.key == key).cloned();
+        protos.iter().all(|p| value(p) == value(&protos[0]))
     };
-    set(keys::THRESHOLD, format!("{threshold}"));
-    set(keys::FLIP_AVERAGE, FlipAverage::None.name().into());
-    set(MEMBERS_KEY, listed.join(","));
+    model.metadata_props.retain(|p| {
+        !own.contains(&p.key.as_str()) && (SHARED.contains(&p.key.as_str()) || agreed(&p.key))
+    });
+    for (key, value) in [
+        (keys::THRESHOLD, format!("{threshold}")),
+        (keys::FLIP_AVERAGE, FlipAverage::None.name().into()),
+        (MEMBERS_KEY, listed.join(",")),
+        (keys::VERSION, env!("CARGO_PKG_VERSION").into()),
+        (keys::GIT_COMMIT, super::git_commit()),
+    ] {
+        model.metadata_props.push(StringStringEntryProto { key: key.into(), value });
+    }
 
     let bytes = model.encode_to_vec();
     let file = Segmenter::from_bytes(&bytes, &out.display().to_string())
