@@ -49,7 +49,9 @@ def maps_of(model, image):
 
 def main():
     roots = {"A": sys.argv[1], "B": sys.argv[2]}
-    folds = [k for k in range(5) if all(os.path.isfile(f"{r}/fold{k}.onnx") for r in roots.values())]
+    folds = [
+        k for k in range(5) if all(os.path.isfile(f"{r}/fold{k}.onnx") for r in roots.values())
+    ]
     cases = []
     for k in folds:
         models = {m: session(f"{r}/fold{k}.onnx") for m, r in roots.items()}
@@ -92,7 +94,8 @@ def main():
             low, high = interval(diffs)
             print(
                 f"  {name:>30} ({INFERENCES[name]} inferences): mean per-slice Dice "
-                f"{np.mean(values):.4f}  vs {BASE} {np.mean(diffs):+.4f} ({low:+.4f}..{high:+.4f}), "
+                f"{np.mean(values):.4f}  vs {BASE} {np.mean(diffs):+.4f} "
+                f"({low:+.4f}..{high:+.4f}), "
                 f"{sum(d > 0 for d in diffs)} gained, {sum(d < 0 for d in diffs)} lost"
             )
 
