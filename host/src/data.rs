@@ -442,6 +442,111 @@ fn resize_mask(slice: &LabelledSlice, side: u32) -> Vec<f32> {
         .collect()
 }
 
+/// One draw of the augmentation: where each output pixel comes from (rotation, scale and
+/// flips about the centre) and the grey-level change applied before normalisation.
+#[derive(Debug, Clone, Copy)]
+pub struct Warp {
+    /// Sine and cosine of the rotation angle.
+    sin: f32,
+    cos: f32,
+    /// Scale along x and along y (1 = unchanged).
+    scale_x: f32,
+    scale_y: f32,
+    flip_x: bool,
+    flip_y: bool,
+    /// Exponent on the grey value scaled to 0..1.
+    gamma: f32,
+    /// Contrast factor about mid-grey.
+    contrast: f32,
+}
+
+impl Warp {
+    /// Draws a warp within `aug`'s ranges.
+    pub fn draw(aug: &Augment, rng: &mut StdRng) -> Self {
+        let angle = rng.random_range(-aug.max_rotation_deg..=aug.max_rotation_deg).to_radians();
+        let scale = 1.0 + rng.random_range(-aug.max_scale..=aug.max_scale);
+        let (flip_x, flip_y) = (rng.random_bool(0.5), rng.random_bool(0.5));
+        let (gamma, contrast) = grey_draw(aug, rng);
+        // Stretch along x by sqrt(aspect) and squeeze along y by the same factor.
+        let stretch = if aug.max_aspect > 0.0 {
+            (1.0 + aug.max_aspect).powf(rng.random_range(-0.5f32..=0.5))
+        } else {
+            1.0
+        };
+        let (scale_x, scale_y) = (scale * stretch, scale / stretch);
+        let (sin, cos) = angle.sin_cos();
+        Self { sin, cos, scale_x, scale_y, flip_x, flip_y, gamma, contrast }
+    }
+
+    /// The same geometry with a fresh grey-level change: a second view of the same anatomy
+    /// at the same place, exported differently.
+    pub fn with_new_grey(self, aug: &Augment, rng: &mut StdRng) -> Self {
+        let (gamma, contrast) = grey_draw(aug, rng);
+        Self { gamma, contrast, ..self }
+    }
+
+    /// The output pixel `(x, y)` of an `n` x `n` plane maps to this source position.
+    fn source(&self, n: usize, x: usize, y: usize) -> (f32, f32) {
+        let c = (n as f32 - 1.0) / 2.0;
+        let (sin, cos) = (self.sin, self.cos);
+        let (dx, dy) = ((x as f32 - c) / self.scale_x, (y as f32 - c) / self.scale_y);
+        let mut sx = cos * dx + sin * dy + c;
+        let mut sy = -sin * dx + cos * dy + c;
+        if self.flip_x {
+            sx = n as f32 - 1.0 - sx;
+        }
+        if self.flip_y {
+            sy = n as f32 - 1.0 - sy;
+        }
+        (sx, sy)
+    }
+
+    /// Warps a grey plane (0..255 values, `n` x `n`) and normalises it.
+    fn plane(&self, grey: &[f32], n: usize, normalisation: Normalisation) -> Vec<f32> {
+        let background = grey.iter().copied().fold(f32::MAX, f32::min);
+        let mut plane = vec![0f32; n * n];
+        for y in 0..n {
+            for x in 0..n {
+                let (sx, sy) = self.source(n, x, y);
+                plane[y * n + x] = bilinear(grey, n, sx, sy).unwrap_or(background);
+            }
+        }
+        for v in &mut plane {
+            let unit = (*v / 255.0).clamp(0.0, 1.0).powf(self.gamma);
+            *v = ((unit - 0.5) * self.contrast + 0.5) * 255.0;
+        }
+        normalisation.apply(&mut plane);
+        plane
+    }
+
+    /// Warps a map (`n` x `n`) by nearest neighbour; 0 outside the source.
+    fn nearest(&self, map: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * n];
+        for y in 0..n {
+            for x in 0..n {
+                let (sx, sy) = self.source(n, x, y);
+                let (mx, my) = (sx.round(), sy.round());
+                if mx >= 0.0 && my >= 0.0 && (mx as usize) < n && (my as usize) < n {
+                    out[y * n + x] = map[my as usize * n + mx as usize];
+                }
+            }
+        }
+        out
+    }
+}
+
+fn grey_draw(aug: &Augment, rng: &mut StdRng) -> (f32, f32) {
+    let gamma = (1.0 + aug.max_gamma).powf(rng.random_range(-1.0f32..=1.0));
+    let contrast = 1.0 + rng.random_range(-aug.max_contrast..=aug.max_contrast);
+    (gamma, contrast)
+}
+
+/// The slice's grey values resized to `side` x `side`, 0..255.
+fn resized_grey(image: &GraySlice, side: u32) -> Vec<f32> {
+    let grey: Vec<f32> = image.pixels.iter().map(|&p| f32::from(p)).collect();
+    preprocess::resize_map(&grey, (image.width, image.height), (side, side))
+}
+
 /// An augmented example: flips, rotation and scaling about the centre, and an intensity change
 /// (gamma and contrast) of the grey values before the shared normalisation.
 pub fn augmented_example(
@@ -451,58 +556,43 @@ pub fn augmented_example(
     normalisation: Normalisation,
     rng: &mut StdRng,
 ) -> Example {
-    let grey: Vec<f32> = slice.image.pixels.iter().map(|&p| f32::from(p)).collect();
-    let grey = preprocess::resize_map(&grey, (slice.image.width, slice.image.height), (side, side));
-    let target = resize_mask(slice, side);
-    let field = resize_lung_field(slice, side);
-
-    let angle = rng.random_range(-aug.max_rotation_deg..=aug.max_rotation_deg).to_radians();
-    let scale = 1.0 + rng.random_range(-aug.max_scale..=aug.max_scale);
-    let (flip_x, flip_y) = (rng.random_bool(0.5), rng.random_bool(0.5));
-    let gamma = (1.0 + aug.max_gamma).powf(rng.random_range(-1.0f32..=1.0));
-    let contrast = 1.0 + rng.random_range(-aug.max_contrast..=aug.max_contrast);
-    // Stretch along x by sqrt(aspect) and squeeze along y by the same factor.
-    let stretch = if aug.max_aspect > 0.0 {
-        (1.0 + aug.max_aspect).powf(rng.random_range(-0.5f32..=0.5))
-    } else {
-        1.0
-    };
-    let (scale_x, scale_y) = (scale * stretch, scale / stretch);
-
+    let warp = Warp::draw(aug, rng);
     let n = side as usize;
-    let c = (n as f32 - 1.0) / 2.0;
-    let (sin, cos) = angle.sin_cos();
-    let mut plane = vec![0f32; n * n];
-    let mut mask = vec![0f32; n * n];
-    let mut lung = vec![0f32; n * n];
-    let background = grey.iter().copied().fold(f32::MAX, f32::min);
-    for y in 0..n {
-        for x in 0..n {
-            // Output pixel -> source pixel: inverse rotation and scale about the centre.
-            let (dx, dy) = ((x as f32 - c) / scale_x, (y as f32 - c) / scale_y);
-            let mut sx = cos * dx + sin * dy + c;
-            let mut sy = -sin * dx + cos * dy + c;
-            if flip_x {
-                sx = n as f32 - 1.0 - sx;
-            }
-            if flip_y {
-                sy = n as f32 - 1.0 - sy;
-            }
-            let i = y * n + x;
-            plane[i] = bilinear(&grey, n, sx, sy).unwrap_or(background);
-            let (mx, my) = (sx.round(), sy.round());
-            if mx >= 0.0 && my >= 0.0 && (mx as usize) < n && (my as usize) < n {
-                mask[i] = target[my as usize * n + mx as usize];
-                lung[i] = field[my as usize * n + mx as usize];
+    Example {
+        plane: warp.plane(&resized_grey(&slice.image, side), n, normalisation),
+        target: warp.nearest(&resize_mask(slice, side), n),
+        lung: warp.nearest(&resize_lung_field(slice, side), n),
+    }
+}
+
+/// Two views of one unlabelled slice for a consistency loss: the same warp (so that their
+/// maps correspond pixel for pixel), each with its own grey-level change; the second view also
+/// carries Gaussian noise of standard deviation `noise_sd` (normalised units).
+pub fn consistency_views(
+    image: &GraySlice,
+    side: u32,
+    aug: &Augment,
+    normalisation: Normalisation,
+    noise_sd: f32,
+    rng: &mut StdRng,
+) -> [Vec<f32>; 2] {
+    let first = Warp::draw(aug, rng);
+    let second = first.with_new_grey(aug, rng);
+    let (grey, n) = (resized_grey(image, side), side as usize);
+    let mut noisy = second.plane(&grey, n, normalisation);
+    if noise_sd > 0.0 {
+        for pair in noisy.chunks_mut(2) {
+            // Box-Muller: two independent standard normal values from two uniform ones.
+            let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+            let radius = noise_sd * (-2.0 * u1.ln()).sqrt();
+            let turn = std::f32::consts::TAU * u2;
+            pair[0] += radius * turn.cos();
+            if let Some(v) = pair.get_mut(1) {
+                *v += radius * turn.sin();
             }
         }
     }
-    for v in &mut plane {
-        let unit = (*v / 255.0).clamp(0.0, 1.0).powf(gamma);
-        *v = ((unit - 0.5) * contrast + 0.5) * 255.0;
-    }
-    normalisation.apply(&mut plane);
-    Example { plane, target: mask, lung }
+    [first.plane(&grey, n, normalisation), noisy]
 }
 
 /// A `window` x `window` square cut at a random place from a `side` x `side` example (plane and
@@ -579,6 +669,40 @@ pub fn unlabelled_slices(
     Ok((0..count).map(|k| files[(k as f64 * step) as usize].clone()).collect())
 }
 
+/// Every readable slice among `count` files spread over `dir` (all when `None`), for
+/// semi-supervised training; unreadable or flat files are skipped with a warning.
+///
+/// # Errors
+/// When `dir` cannot be read, holds no slice, or a file cannot be read.
+pub fn read_unlabelled_folder(
+    dir: &Path,
+    count: Option<usize>,
+) -> Result<Vec<GraySlice>, DataError> {
+    let files = unlabelled_slices(dir, None, count.unwrap_or(usize::MAX)).map_err(io_err(dir))?;
+    let mut slices = Vec::with_capacity(files.len());
+    for path in &files {
+        slices.extend(read_unlabelled(path)?);
+    }
+    if slices.is_empty() {
+        return Err(DataError::Image {
+            path: dir.to_path_buf(),
+            why: format!("none of {} files is a readable slice", files.len()),
+        });
+    }
+    Ok(slices)
+}
+
+/// sha256 over the size and grey values of each slice, in order.
+pub fn grey_fingerprint(slices: &[GraySlice]) -> String {
+    let mut h = Sha256::new();
+    for s in slices {
+        h.update(s.width.to_le_bytes());
+        h.update(s.height.to_le_bytes());
+        h.update(&s.pixels);
+    }
+    format!("{:x}", h.finalize())
+}
+
 /// Random number generator for one epoch, derived from the run seed.
 pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -596,6 +720,39 @@ mod tests {
         max_contrast: 0.0,
         max_aspect: 0.0,
     };
+
+    /// The two views of an unlabelled slice share their warp: without a grey-level change or
+    /// noise they are the same plane, and the noise has the stated spread.
+    #[test]
+    fn consistency_views_share_the_warp() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/medseg");
+        let image = read_folder(&dir, Target::Infection).unwrap().remove(0).image;
+        let turn = Augment { max_rotation_deg: 20.0, max_scale: 0.2, ..STILL };
+        let anchored = Normalisation::TissueAnchored;
+        let mut rng = StdRng::seed_from_u64(5);
+        let [a, b] = consistency_views(&image, 64, &turn, anchored, 0.0, &mut rng);
+        assert_eq!(a, b);
+        let [c, _] = consistency_views(&image, 64, &turn, anchored, 0.0, &mut rng);
+        assert_ne!(a, c, "each draw warps anew");
+
+        let [a, b] = consistency_views(&image, 64, &turn, anchored, 0.1, &mut rng);
+        let d: Vec<f64> = a.iter().zip(&b).map(|(x, y)| f64::from(y - x)).collect();
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let sd = (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d.len() as f64).sqrt();
+        assert!(mean.abs() < 0.01 && (sd - 0.1).abs() < 0.01, "noise mean {mean}, sd {sd}");
+
+        // A grey-level change alone keeps the geometry: the views rise and fall together.
+        let grey = Augment { max_gamma: 0.5, max_contrast: 0.2, ..turn };
+        let [a, b] = consistency_views(&image, 64, &grey, anchored, 0.0, &mut rng);
+        assert_ne!(a, b);
+        let n = a.len() as f64;
+        let (ma, mb) = (a.iter().sum::<f32>() as f64 / n, b.iter().sum::<f32>() as f64 / n);
+        let cov: f64 =
+            a.iter().zip(&b).map(|(x, y)| (f64::from(*x) - ma) * (f64::from(*y) - mb)).sum();
+        let va: f64 = a.iter().map(|x| (f64::from(*x) - ma).powi(2)).sum();
+        let vb: f64 = b.iter().map(|y| (f64::from(*y) - mb).powi(2)).sum();
+        assert!(cov / (va * vb).sqrt() > 0.95, "correlation {}", cov / (va * vb).sqrt());
+    }
 
     /// A window cuts plane and target at the same place, and a full-size window is the slice.
     #[test]

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a TV-UNet on a labelled folder (images/, masks_*/) or a MedSeg NIfTI pair.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Export a trained run to ONNX, checked against tract on real slices.
     Export(ExportArgs),
     /// Change the defaults a model file carries (threshold, flip average), network untouched.
@@ -329,6 +329,29 @@ struct TrainArgs {
     /// burn backend to train on; all but flex need the cargo feature of the same name.
     #[arg(long, value_enum, default_value_t = train::TrainBackend::Flex)]
     backend: train::TrainBackend,
+    /// Unlabelled slices (a folder of .jpg or .png) for a mean teacher: a moving average of the
+    /// network whose maps on these slices the network is pulled towards; the average is the
+    /// kept model.
+    #[arg(long)]
+    unlabelled: Option<PathBuf>,
+    /// Unlabelled slices read, spread evenly over the folder's sorted names (default: all).
+    #[arg(long, requires = "unlabelled")]
+    unlabelled_count: Option<usize>,
+    /// Weight of the consistency term (mean squared difference of lesion probabilities).
+    #[arg(long, default_value_t = 1.0, requires = "unlabelled", allow_negative_numbers = true)]
+    consistency: f32,
+    /// Epochs over which the consistency weight rises from 0.
+    #[arg(long, default_value_t = 30, requires = "unlabelled")]
+    consistency_ramp: usize,
+    /// Largest decay of the teacher's moving average per step.
+    #[arg(long, default_value_t = 0.99, requires = "unlabelled")]
+    ema_decay: f64,
+    /// Unlabelled slices per step.
+    #[arg(long, default_value_t = 4, requires = "unlabelled")]
+    unlabelled_per_step: usize,
+    /// Standard deviation of the noise on the student's view, normalised grey units.
+    #[arg(long, default_value_t = 0.1, requires = "unlabelled")]
+    consistency_noise: f32,
 }
 
 #[derive(Args)]
@@ -423,6 +446,45 @@ fn run_train(a: TrainArgs) -> Result<()> {
             .with_context(|| format!("reading --extra-data {}", dir.display()))?,
         None => Vec::new(),
     };
+    let mean_teacher = match &a.unlabelled {
+        None => None,
+        Some(dir) => {
+            anyhow::ensure!(
+                a.consistency.is_finite() && a.consistency >= 0.0,
+                "--consistency {}: must be a number >= 0",
+                a.consistency
+            );
+            anyhow::ensure!(
+                (0.0..1.0).contains(&a.ema_decay),
+                "--ema-decay {}: must lie in 0..1",
+                a.ema_decay
+            );
+            anyhow::ensure!(
+                a.unlabelled_per_step > 0,
+                "--unlabelled-per-step 0: need at least one slice per step"
+            );
+            anyhow::ensure!(
+                a.consistency_noise.is_finite() && a.consistency_noise >= 0.0,
+                "--consistency-noise {}: must be a number >= 0",
+                a.consistency_noise
+            );
+            let images = data::read_unlabelled_folder(dir, a.unlabelled_count)
+                .with_context(|| format!("reading --unlabelled {}", dir.display()))?;
+            tracing::info!(slices = images.len(), "read unlabelled slices from {}", dir.display());
+            Some((
+                train::mean_teacher::MeanTeacherConfig {
+                    weight: a.consistency,
+                    ema_decay: a.ema_decay,
+                    ramp_epochs: a.consistency_ramp,
+                    per_step: a.unlabelled_per_step,
+                    noise_sd: a.consistency_noise,
+                    unlabelled: images.len(),
+                    unlabelled_fingerprint: data::grey_fingerprint(&images),
+                },
+                images,
+            ))
+        }
+    };
     let labelled_train =
         if a.all_slices { slices.len() } else { slices.len() - slices.len() / a.folds };
     let normalisation = Normalisation::from_name(&a.normalisation).with_context(|| {
@@ -468,8 +530,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
         crops_per_slice: a.crops_per_slice,
         backend: a.backend,
         fresh_head: a.fresh_head,
+        mean_teacher: mean_teacher.as_ref().map(|(c, _)| c.clone()),
     };
-    train::train(&slices, &extra, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
+    let unlabelled = mean_teacher.map(|(_, images)| images).unwrap_or_default();
+    train::train(&slices, &extra, &unlabelled, &cfg, &a.out, a.resume, a.init_from.as_deref())?;
     Ok(())
 }
 
@@ -684,7 +748,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => run_train(a),
+        Command::Train(a) => run_train(*a),
         Command::Export(a) => run_export(a),
         Command::Quantize(a) => run_quantize(a),
         Command::PseudoLabel(a) => run_pseudo(a),

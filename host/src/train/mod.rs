@@ -3,6 +3,7 @@
 
 mod backend;
 pub mod loss;
+pub mod mean_teacher;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,8 @@ pub use backend::{MissingBackend, TrainBackend};
 use crate::data::{self, Augment, Example, LabelledSlice, Split, Target};
 use crate::metrics::Counts;
 use crate::model::{gated_probability, UNet, UNetConfig};
-use tvunet_device::preprocess::Normalisation;
+use mean_teacher::MeanTeacherConfig;
+use tvunet_device::preprocess::{GraySlice, Normalisation};
 
 /// Everything that defines a training run; written to `config.json` in the run folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +98,11 @@ pub struct TrainConfig {
     /// such as the restoration task of `tvunet pretext`.
     #[serde(default)]
     pub fresh_head: bool,
+    /// Mean teacher on unlabelled slices; `None` trains on the labelled slices alone. With it,
+    /// the teacher is validated and kept (`best.bpk`, `last.bpk`) and the student is saved
+    /// as `student.bpk`.
+    #[serde(default)]
+    pub mean_teacher: Option<MeanTeacherConfig>,
 }
 
 fn one() -> usize {
@@ -182,6 +189,10 @@ impl RunDir {
     pub fn threshold(&self) -> PathBuf {
         self.0.join("threshold.json")
     }
+    /// The trained network of a mean-teacher run (the teacher is `last.bpk`).
+    pub fn student(&self) -> PathBuf {
+        self.0.join("student.bpk")
+    }
 
     /// Reads the run's configuration.
     pub fn read_config(&self) -> Result<TrainConfig> {
@@ -250,6 +261,31 @@ pub fn predict_planes(
             p.chunks(side * side).map(<[f32]>::to_vec).collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The student's and the teacher's planes for one step's unlabelled slices, stacked.
+fn unlabelled_batch(
+    unlabelled: &[GraySlice],
+    mt: &MeanTeacherConfig,
+    cfg: &TrainConfig,
+    rng: &mut rand::rngs::StdRng,
+) -> (Vec<f32>, Vec<f32>) {
+    use rand::Rng;
+    let (mut student, mut teacher) = (Vec::new(), Vec::new());
+    for _ in 0..mt.per_step {
+        let image = &unlabelled[rng.random_range(0..unlabelled.len())];
+        let [plain, noisy] = data::consistency_views(
+            image,
+            cfg.unet.input_size,
+            &cfg.augment,
+            cfg.normalisation,
+            mt.noise_sd,
+            rng,
+        );
+        teacher.extend(plain);
+        student.extend(noisy);
+    }
+    (student, teacher)
 }
 
 struct Validation {
@@ -338,10 +374,12 @@ pub fn init_with_prior(cfg: &UNetConfig, prior: f64, device: &Device) -> UNet {
 
 /// Trains on the training part of `split`, validating on the rest, writing checkpoints and logs
 /// into `dir`. Each epoch also draws `cfg.extra_per_epoch` slices from `extra` into training.
-/// With `resume`, continues from `dir`'s last checkpoint and state.
+/// With `cfg.mean_teacher`, each step also draws slices from `unlabelled` for the consistency
+/// term. With `resume`, continues from `dir`'s last checkpoint and state.
 pub fn train(
     slices: &[LabelledSlice],
     extra: &[LabelledSlice],
+    unlabelled: &[GraySlice],
     cfg: &TrainConfig,
     dir: &Path,
     resume: bool,
@@ -377,10 +415,21 @@ pub fn train(
             || saved.seed != cfg.seed
             || saved.init_seed != cfg.init_seed
             || saved.fold != cfg.fold
+            || saved.mean_teacher.is_some() != cfg.mean_teacher.is_some()
         {
-            bail!("--resume: {} was trained with another network, seed or fold", dir.display());
+            bail!(
+                "--resume: {} was trained with another network, seed, fold or teacher",
+                dir.display()
+            );
         }
-        let (_, model) = run.load_model(false, &device)?;
+        let model = if cfg.mean_teacher.is_some() {
+            cfg.unet
+                .init(&device)
+                .try_load_file(run.student())
+                .map_err(|e| anyhow::anyhow!("checkpoint {}: {e:?}", run.student().display()))?
+        } else {
+            run.load_model(false, &device)?.1
+        };
         tracing::info!(epochs_done = state.epochs_done, "resuming from {}", run.last().display());
         (model, state)
     } else {
@@ -389,7 +438,8 @@ pub fn train(
         std::fs::write(
             run.epochs_csv(),
             "epoch,learning_rate,train_loss,train_bce,train_tv,val_loss,val_precision,val_recall,val_dice,\
-             seconds,train_soft_dice,train_lung_bce\n",
+             seconds,train_soft_dice,train_lung_bce,\
+             train_consistency,student_val_dice\n",
         )?;
         let state = RunState {
             epochs_done: 0,
@@ -446,6 +496,21 @@ pub fn train(
         bail!("crop {crop} px is larger than the model input {} px", cfg.unet.input_size);
     }
     let per_slice = cfg.crops_per_slice.max(1);
+    let mut teacher = match &cfg.mean_teacher {
+        None => None,
+        Some(mt) => {
+            if unlabelled.is_empty() || mt.per_step == 0 {
+                bail!("mean teacher: no unlabelled slices to draw, or 0 per step");
+            }
+            tracing::info!(
+                unlabelled = unlabelled.len(),
+                per_step = mt.per_step,
+                weight = mt.weight,
+                "mean teacher"
+            );
+            Some(if resume { run.load_model(false, &eval_device)?.1 } else { model.valid() })
+        }
+    };
     let steps = ((train_set.len() + extra_per_epoch) * per_slice).div_ceil(cfg.batch_size);
     for epoch in state.epochs_done + 1..=cfg.epochs {
         let started = Instant::now();
@@ -467,7 +532,11 @@ pub fn train(
         bar.set_message(format!("{epoch}/{}", cfg.epochs));
         let (mut sum_loss, mut sum_bce, mut sum_tv, mut sum_dice) = (0.0, 0.0, 0.0, 0.0);
         let mut sum_lung = 0.0;
+        let mut sum_consistency = 0.0;
         let mut seen = 0usize;
+        // The unlabelled draws have their own stream, so that the labelled slices see the same
+        // augmentation as in a run without a teacher.
+        let mut unlabelled_rng = data::epoch_rng(!cfg.init_seed.unwrap_or(cfg.seed), epoch);
         for chunk in order.chunks(cfg.batch_size) {
             let examples: Vec<Example> = chunk
                 .iter()
@@ -491,6 +560,20 @@ pub fn train(
                 sum_lung += f64::from(lung_bce.clone().into_scalar::<f32>()) * n;
                 parts.total = parts.total + lung_bce;
             }
+            if let (Some(mt), Some(teacher)) = (&cfg.mean_teacher, &teacher) {
+                let (student_plane, teacher_plane) =
+                    unlabelled_batch(unlabelled, mt, cfg, &mut unlabelled_rng);
+                let shape = [mt.per_step, 1, side, side];
+                let target = teacher.probability(Tensor::from_data(
+                    TensorData::new(teacher_plane, shape),
+                    &eval_device,
+                ));
+                let logits = model
+                    .forward(Tensor::from_data(TensorData::new(student_plane, shape), &device));
+                let c = mean_teacher::consistency_loss(logits, target);
+                sum_consistency += f64::from(c.clone().into_scalar::<f32>()) * n;
+                parts.total = parts.total + c.mul_scalar(mean_teacher::ramped_weight(mt, epoch));
+            }
             sum_dice += f64::from(parts.dice.into_scalar::<f32>()) * n;
             sum_bce += f64::from(parts.bce.into_scalar::<f32>()) * n;
             sum_tv += f64::from(parts.tv.into_scalar::<f32>()) * n;
@@ -498,11 +581,22 @@ pub fn train(
             seen += chunk.len();
             let grads = GradientsParams::from_grads(parts.total.backward(), &model);
             model = optim.step(state.learning_rate, model, grads);
+            if let (Some(mt), Some(t)) = (&cfg.mean_teacher, teacher.take()) {
+                let step = (epoch - 1) * steps + seen.div_ceil(cfg.batch_size) - 1;
+                teacher =
+                    Some(mean_teacher::update_teacher(t, &model, mean_teacher::decay_at(mt, step)));
+            }
             bar.inc(1);
         }
         bar.finish_and_clear();
 
-        let v = validate(&model, &val, side, cfg, &eval_device);
+        // With a teacher, the teacher is what is validated and kept.
+        let kept = teacher.as_ref().unwrap_or(&model);
+        let v = validate(kept, &val, side, cfg, &eval_device);
+        let student_dice = match teacher {
+            Some(_) => validate(&model, &val, side, cfg, &eval_device).counts.dice(),
+            None => v.counts.dice(),
+        };
         let seconds = started.elapsed().as_secs_f64();
         state.wall_s += seconds;
         state.epochs_done = epoch;
@@ -522,7 +616,7 @@ pub fn train(
         let mut csv = std::fs::OpenOptions::new().append(true).open(run.epochs_csv())?;
         writeln!(
             csv,
-            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1},{:.5},{:.5}",
+            "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.1},{:.5},{:.5},{:.6},{:.4}",
             row.epoch,
             row.learning_rate,
             row.train_loss,
@@ -534,7 +628,9 @@ pub fn train(
             row.val_dice,
             row.seconds,
             row.train_dice,
-            sum_lung / seen as f64
+            sum_lung / seen as f64,
+            sum_consistency / seen as f64,
+            student_dice
         )?;
         println!(
             "epoch {:>3}  loss {:.4} (bce {:.4}, tv {:.4})  val loss {:.4}  dice {:.3}  \
@@ -554,8 +650,13 @@ pub fn train(
         if let Err(e) = plot_epochs(&run) {
             tracing::warn!("could not draw the epoch curves: {e:#}");
         }
-        model
-            .clone()
+        if teacher.is_some() {
+            model
+                .clone()
+                .save_file(run.student())
+                .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
+        }
+        kept.clone()
             .save_file(run.last())
             .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
         // A fixed-length run (cosine schedule, or all slices) keeps its last epoch: validation
@@ -566,8 +667,7 @@ pub fn train(
             state.best_epoch = epoch;
             state.epochs_without_gain = 0;
             state.epochs_since_cut = 0;
-            model
-                .clone()
+            kept.clone()
                 .save_file(run.best())
                 .map_err(|e| anyhow::anyhow!("saving checkpoint: {e:?}"))?;
             tracing::info!(
