@@ -16,8 +16,8 @@ use crate::model::UNet;
 pub struct MeanTeacherConfig {
     /// Weight of the consistency term once fully ramped up (the supervised loss has weight 1).
     pub weight: f32,
-    /// Largest decay of the teacher's moving average per optimiser step (0.99 averages over
-    /// about the last 100 steps); early steps use `1 - 1 / (step + 1)` when that is smaller.
+    /// Largest decay of the teacher's moving average per optimiser step (0.95 averages over
+    /// about the last 20 steps); early steps use `1 - 1 / (step + 1)` when that is smaller.
     pub ema_decay: f64,
     /// Epochs over which the weight rises from 0 along `exp(-5 (1 - t)²)`.
     pub ramp_epochs: usize,
@@ -102,12 +102,19 @@ mod tests {
     }
 
     /// The average moves every weight and running statistic the stated share of the way, and
-    /// leaves the student alone.
+    /// leaves the student alone, for plain and depthwise-separable networks.
     #[test]
     fn teacher_moves_towards_the_student() {
+        for separable in [false, true] {
+            let cfg =
+                UNetConfig { depth: 2, base: 4, input_size: 32, separable, ..Default::default() };
+            moves_towards_the_student(&cfg);
+        }
+    }
+
+    fn moves_towards_the_student(cfg: &UNetConfig) {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let cfg = UNetConfig { depth: 2, base: 4, input_size: 32, ..UNetConfig::default() };
         let student = cfg.init(&device);
         // A training-mode forward moves the student's batch-norm running statistics.
         let x = Tensor::<4>::random([2, 1, 32, 32], burn::tensor::Distribution::Default, &device);
