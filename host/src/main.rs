@@ -335,24 +335,27 @@ struct TrainArgs {
     #[arg(long)]
     unlabelled: Option<PathBuf>,
     /// Unlabelled slices read, spread evenly over the folder's sorted names (default: all).
+    /// Keep this folder apart from the labelled slices: a validation slice among them takes
+    /// part in training (without its mask), and the run warns about it.
     #[arg(long, requires = "unlabelled")]
     unlabelled_count: Option<usize>,
     /// Weight of the consistency term (mean squared difference of lesion probabilities).
     #[arg(long, default_value_t = 1.0, requires = "unlabelled", allow_negative_numbers = true)]
     consistency: f32,
-    /// Epochs over which the consistency weight rises from 0.
+    /// Epochs over which the consistency weight rises from 0 (along exp(-5 (1 - t)²); a run
+    /// shorter than the ramp never reaches the full weight).
     #[arg(long, default_value_t = 30, requires = "unlabelled")]
     consistency_ramp: usize,
-    /// Largest decay of the teacher's moving average per step. 0.95 averages over about the last
-    /// 20 steps (four epochs of 40 slices in batches of 8); 0.99 lagged the trained network by
-    /// about 20 epochs of a 100-epoch run and the teacher still marked nothing at epoch 24.
-    #[arg(long, default_value_t = 0.95, requires = "unlabelled")]
+    /// Largest decay of the teacher's moving average per step, in [0, 1): 0.95 averages over
+    /// about the last 20 steps. Choose it against the run's length in steps: an average much
+    /// longer than a tenth of the run lags the trained network.
+    #[arg(long, default_value_t = 0.95, requires = "unlabelled", allow_negative_numbers = true)]
     ema_decay: f64,
     /// Unlabelled slices per step.
     #[arg(long, default_value_t = 4, requires = "unlabelled")]
     unlabelled_per_step: usize,
     /// Standard deviation of the noise on the student's view, normalised grey units.
-    #[arg(long, default_value_t = 0.1, requires = "unlabelled")]
+    #[arg(long, default_value_t = 0.1, requires = "unlabelled", allow_negative_numbers = true)]
     consistency_noise: f32,
 }
 
@@ -458,7 +461,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             );
             anyhow::ensure!(
                 (0.0..1.0).contains(&a.ema_decay),
-                "--ema-decay {}: must lie in 0..1",
+                "--ema-decay {}: must lie in [0, 1)",
                 a.ema_decay
             );
             anyhow::ensure!(
@@ -470,9 +473,29 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 "--consistency-noise {}: must be a number >= 0",
                 a.consistency_noise
             );
+            anyhow::ensure!(
+                a.unlabelled_count != Some(0),
+                "--unlabelled-count 0: need at least one slice"
+            );
             let images = data::read_unlabelled_folder(dir, a.unlabelled_count)
-                .with_context(|| format!("reading --unlabelled {}", dir.display()))?;
+                .context("reading --unlabelled")?;
             tracing::info!(slices = images.len(), "read unlabelled slices from {}", dir.display());
+            let labelled: std::collections::HashSet<String> = slices
+                .iter()
+                .map(|s| data::grey_fingerprint(std::slice::from_ref(&s.image)))
+                .collect();
+            let shared = images
+                .iter()
+                .filter(|i| labelled.contains(&data::grey_fingerprint(std::slice::from_ref(i))))
+                .count();
+            if shared > 0 {
+                tracing::warn!(
+                    "{shared} of the {} unlabelled slices in {} are also labelled slices of \
+                     --data; any in the validation fold take part in training",
+                    images.len(),
+                    dir.display()
+                );
+            }
             Some((
                 train::mean_teacher::MeanTeacherConfig {
                     weight: a.consistency,

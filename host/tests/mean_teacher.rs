@@ -67,9 +67,11 @@ fn bad_mean_teacher_settings_are_refused_by_name() {
     std::fs::create_dir(&empty).unwrap();
     let fx = fixtures();
     let images = fx.join("images");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--consistency", "-1"], "--consistency -1"),
         (&["--ema-decay", "1"], "--ema-decay 1"),
+        (&["--ema-decay", "-0.1"], "--ema-decay -0.1"),
+        (&["--unlabelled-count", "0"], "--unlabelled-count 0"),
         (&["--unlabelled-per-step", "0"], "--unlabelled-per-step 0"),
         (&["--consistency-noise", "NaN"], "--consistency-noise NaN"),
         (&["--unlabelled", empty.to_str().unwrap()], "no matching"),
@@ -95,5 +97,17 @@ fn bad_mean_teacher_settings_are_refused_by_name() {
     args.extend(NET.iter().chain(&["--epochs", "2", "--resume"]));
     let o = Command::new(env!("CARGO_BIN_EXE_tvunet")).args(&args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("teacher"), "{err}");
+    assert!(!o.status.success() && err.contains("mean-teacher settings"), "{err}");
+    // Resumed with another weight: refused too, and the run is left as it was.
+    let before = std::fs::read(run.join("epochs.csv")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tvunet"))
+        .args(["train", "--data", fx.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .args(NET.iter().chain(&STEPS[..6]).chain(&["--consistency", "2", "--epochs", "2"]))
+        .arg("--resume")
+        .args(["--unlabelled", images.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("weight: 5.0"), "{err}");
+    assert_eq!(std::fs::read(run.join("epochs.csv")).unwrap(), before);
 }

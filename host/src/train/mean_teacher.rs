@@ -6,7 +6,6 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
 use serde::{Deserialize, Serialize};
 
 use crate::model::UNet;
@@ -76,18 +75,20 @@ impl ModuleMapper for Average {
 /// running statistic. The teacher lives without autodiff (`student.valid()` at the start).
 pub fn update_teacher(teacher: UNet, student: &UNet, decay: f64) -> UNet {
     let mut collect = Collect(Vec::new());
-    student.visit(&mut collect);
+    // `valid` settles the running statistics' latest update, which a plain visit would miss.
+    student.valid().visit(&mut collect);
     let mut average = Average { student: collect.0.into_iter(), decay };
     let teacher = teacher.map(&mut average);
     assert!(average.student.next().is_none(), "teacher and student have the same network");
     teacher
 }
 
-/// Mean squared difference between the student's lesion probabilities (from its logits) and
-/// the teacher's, over all pixels.
-pub fn consistency_loss(student_logits: Tensor<4>, teacher_probability: Tensor<4>) -> Tensor<1> {
-    let target = Tensor::from_inner(teacher_probability.inner());
-    (sigmoid(student_logits) - target).powi_scalar(2).mean()
+/// Mean squared difference between the student's lesion probabilities and the teacher's (both
+/// as the network reports them, gated by the lung field where it has a lung head), over all
+/// pixels.
+pub fn consistency_loss(student: Tensor<4>, teacher: Tensor<4>) -> Tensor<1> {
+    let target = Tensor::from_inner(teacher.inner());
+    (student - target).powi_scalar(2).mean()
 }
 
 #[cfg(test)]
@@ -97,7 +98,7 @@ mod tests {
 
     fn floats(model: &UNet) -> Vec<f32> {
         let mut c = Collect(Vec::new());
-        model.visit(&mut c);
+        model.valid().visit(&mut c);
         c.0.into_iter().flat_map(|t| t.into_data().try_to_vec::<f32>().unwrap()).collect()
     }
 

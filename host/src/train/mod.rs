@@ -415,24 +415,34 @@ pub fn train(
             || saved.seed != cfg.seed
             || saved.init_seed != cfg.init_seed
             || saved.fold != cfg.fold
-            || saved.mean_teacher.is_some() != cfg.mean_teacher.is_some()
         {
+            bail!("--resume: {} was trained with another network, seed or fold", dir.display());
+        }
+        if saved.mean_teacher != cfg.mean_teacher {
             bail!(
-                "--resume: {} was trained with another network, seed, fold or teacher",
-                dir.display()
+                "--resume: {} was trained with mean-teacher settings {:?}, not {:?}; resume it \
+                 with the same --unlabelled folder and options",
+                dir.display(),
+                saved.mean_teacher,
+                cfg.mean_teacher
             );
         }
-        let model = if cfg.mean_teacher.is_some() {
-            cfg.unet
-                .init(&device)
-                .try_load_file(run.student())
-                .map_err(|e| anyhow::anyhow!("checkpoint {}: {e:?}", run.student().display()))?
+        let (model, from) = if cfg.mean_teacher.is_some() {
+            let model = cfg.unet.init(&device).try_load_file(run.student()).map_err(|e| {
+                anyhow::anyhow!("student checkpoint {}: {e}", run.student().display())
+            })?;
+            (model, run.student())
         } else {
-            run.load_model(false, &device)?.1
+            (run.load_model(false, &device)?.1, run.last())
         };
-        tracing::info!(epochs_done = state.epochs_done, "resuming from {}", run.last().display());
+        tracing::info!(epochs_done = state.epochs_done, "resuming from {}", from.display());
         (model, state)
     } else {
+        // A student left by an earlier run in this folder would belong to another run.
+        if run.student().exists() {
+            std::fs::remove_file(run.student())
+                .with_context(|| format!("removing {}", run.student().display()))?;
+        }
         write_json(&run.config(), cfg)?;
         write_json(&run.split(), &split)?;
         std::fs::write(
@@ -568,9 +578,9 @@ pub fn train(
                     TensorData::new(teacher_plane, shape),
                     &eval_device,
                 ));
-                let logits = model
-                    .forward(Tensor::from_data(TensorData::new(student_plane, shape), &device));
-                let c = mean_teacher::consistency_loss(logits, target);
+                let student = model
+                    .probability(Tensor::from_data(TensorData::new(student_plane, shape), &device));
+                let c = mean_teacher::consistency_loss(student, target);
                 sum_consistency += f64::from(c.clone().into_scalar::<f32>()) * n;
                 parts.total = parts.total + c.mul_scalar(mean_teacher::ramped_weight(mt, epoch));
             }
