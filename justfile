@@ -2,6 +2,7 @@
 
 model := "models/tvunet-medseg-anchored.onnx"
 data := "../shared/data/medseg/infnet_medseg100"
+unlabelled := "../shared/data/unlabeled/images"
 
 # Stream the bundled real slices to a device on loopback TCP and a pseudo-terminal.
 demo:
@@ -11,10 +12,11 @@ demo:
 test:
     cargo test --workspace --features tvunet-device/ort
 
-# Train the default model's recipe (models/tvunet-medseg-anchored.md) on the labelled slices;
-# add --all-slices for the final model, --backend tch where tvunet was built with libtorch.
+# Train the default model's recipe (models/tvunet-medseg-anchored.md): the labelled slices with a
+# mean teacher on the unlabelled ones; add --all-slices for the final model, --backend tch where
+# tvunet was built with libtorch.
 train out="runs/medseg" *args="":
-    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 100 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 16 --separable --input-size 192 --normalisation tissue-anchored {{args}}
+    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 100 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 16 --separable --input-size 192 --normalisation tissue-anchored --unlabelled {{unlabelled}} {{args}}
 
 # k-fold cross-validation of a training recipe, two folds side by side (see bench/cv.sh).
 cv out="runs/cv" folds="5" *args="":
@@ -27,7 +29,7 @@ export run="runs/medseg" out="out/model.onnx":
 
 # Quantize a model to int8 for tract, calibrated on real unlabelled slices, checked on labelled ones.
 quantize m=model out="models/my-model.int8.onnx":
-    cargo run -p tvunet -- quantize --model {{m}} --calib ../shared/data/unlabeled/images --out {{out}} --check {{data}}
+    cargo run -p tvunet -- quantize --model {{m}} --calib {{unlabelled}} --out {{out}} --check {{data}}
 
 # Device latency (tract) and the same file in onnxruntime.
 bench m=model:
