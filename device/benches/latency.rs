@@ -1,9 +1,10 @@
 //! Latency of the device on real slices: model load, bare inference (preprocess, tract, threshold,
 //! lesions) and the whole request over loopback TCP, as medians over repeated runs.
 //!
-//! Run: `cargo bench -p tvunet-device --bench latency [-- MODEL [ITERATIONS] [--threads=N]]`.
-//! With `--threads=N` every figure is taken with N cores per inference (tract's multithreaded
-//! matrix products).
+//! Run: `cargo bench -p tvunet-device --bench latency [-- MODEL [ITERATIONS] [--threads=N]
+//! [--engine=E]]`. With `--threads=N` every figure is taken with N cores per inference (tract's
+//! multithreaded matrix products); `--engine=tract-f16` measures half precision (on an ARM board
+//! with fp16 arithmetic), `--engine=ort` onnxruntime (cargo feature `ort`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tvunet_device::link::{Client, LinkConfig, Service, TcpServer};
 use tvunet_device::protocol::{InferRequest, SliceData};
-use tvunet_device::{GraySlice, Segmenter};
+use tvunet_device::{Engine, GraySlice, Segmenter};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -42,6 +43,14 @@ fn main() {
     let threads: usize = std::env::args()
         .find_map(|a| a.strip_prefix("--threads=").map(|n| n.parse().expect("--threads=N")))
         .unwrap_or(1);
+    let engine = std::env::args()
+        .find_map(|a| {
+            a.strip_prefix("--engine=").map(|e| {
+                <Engine as clap::ValueEnum>::from_str(e, true)
+                    .unwrap_or_else(|_| panic!("--engine={e}: tract, tract-f16 or ort"))
+            })
+        })
+        .unwrap_or_default();
     tvunet_device::inference::set_threads(threads).unwrap();
     let images = root.join("tests/fixtures/medseg/images");
     let mut files: Vec<PathBuf> =
@@ -59,11 +68,11 @@ fn main() {
     let loads: Vec<Duration> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            Segmenter::load(&model).unwrap();
+            Segmenter::load_with(&model, engine).unwrap();
             t.elapsed()
         })
         .collect();
-    let segmenter = Arc::new(Segmenter::load(&model).unwrap());
+    let segmenter = Arc::new(Segmenter::load_with(&model, engine).unwrap());
     let side = segmenter.meta().input_size;
     let file_bytes = std::fs::metadata(&model).unwrap().len();
 
@@ -113,11 +122,12 @@ fn main() {
     );
     println!("load             median {:8.2} ms", ms(median(loads)));
     println!(
-        "network only     median {:8.2} ms  (tract, 1 x 1 x {side} x {side}, {threads} thread(s))",
+        "network only     median {:8.2} ms  ({engine}, 1 x 1 x {side} x {side}, \
+         {threads} thread(s))",
         ms(net_m)
     );
     println!(
-        "slice, bare      median {:8.2} ms  (decode excluded; resize, tract, threshold, lesions)",
+        "slice, bare      median {:8.2} ms  (decode excluded; resize, network, threshold, lesions)",
         ms(bare_m)
     );
     println!(

@@ -158,7 +158,8 @@ impl SliceReport {
     }
 }
 
-/// The engine that runs the network. Both run the same files and give the same masks.
+/// The engine that runs the network. All run the same files and give the same masks (f16
+/// within its rounding, `device/tests/half.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
@@ -167,12 +168,20 @@ pub enum Engine {
     Tract,
     /// onnxruntime, loaded from `ORT_DYLIB_PATH` (cargo feature `ort`).
     Ort,
+    /// tract with the network's floating-point arithmetic in half precision (f16): for ARM cores
+    /// with fp16 arithmetic (ARMv8.2-A and later, such as Cortex-A55 and A76), where tract has
+    /// f16 matrix kernels. Input and probabilities stay f32 at the edges. Elsewhere tract
+    /// emulates f16, seconds per slice.
+    #[value(name = "tract-f16")]
+    #[serde(rename = "tract-f16")]
+    TractF16,
 }
 
 impl std::fmt::Display for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Engine::Tract => "tract",
+            Engine::TractF16 => "tract-f16",
             Engine::Ort => "ort",
         })
     }
@@ -232,6 +241,8 @@ pub fn prepare_tract() {
 
 enum Runner {
     Tract(std::sync::Arc<TypedSimplePlan>),
+    /// A plan whose floats are f16, its input and output included.
+    TractF16(std::sync::Arc<TypedSimplePlan>),
     #[cfg(feature = "ort")]
     Ort(crate::ort_engine::OrtRunner),
 }
@@ -289,13 +300,30 @@ impl Segmenter {
         let meta = ModelMeta::from_props(props)?;
         let side = meta.input_size as usize;
         let runner = match engine {
-            Engine::Tract => Runner::Tract(
-                onnx.model_for_proto_model(&proto)
+            Engine::Tract | Engine::TractF16 => {
+                let plan = onnx
+                    .model_for_proto_model(&proto)
                     .and_then(|m| m.with_input_fact(0, f32::fact([1, 1, side, side]).into()))
+                    .and_then(|m| m.into_typed())
+                    .and_then(|m| {
+                        if engine == Engine::TractF16 {
+                            use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
+                            use tract_onnx::tract_core::transform::ModelTransform;
+                            FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type())
+                                .transform_into(m)
+                        } else {
+                            Ok(m)
+                        }
+                    })
                     .and_then(|m| m.into_optimized())
                     .and_then(|m| m.into_runnable())
-                    .map_err(|e| ModelError::Prepare(format!("{e:#}")))?,
-            ),
+                    .map_err(|e| ModelError::Prepare(format!("{e:#}")))?;
+                if engine == Engine::TractF16 {
+                    Runner::TractF16(plan)
+                } else {
+                    Runner::Tract(plan)
+                }
+            }
             #[cfg(feature = "ort")]
             Engine::Ort => Runner::Ort(crate::ort_engine::OrtRunner::new(bytes)?),
             #[cfg(not(feature = "ort"))]
@@ -364,6 +392,17 @@ impl Segmenter {
                     .to_plain_array_view::<f32>()
                     .map_err(|e| ModelError::Run(format!("{e:#}")))?;
                 Ok(view.iter().copied().collect())
+            }
+            Runner::TractF16(plan) => {
+                let run = || -> TractResult<Vec<f32>> {
+                    let input = Tensor::from_shape(&[1, 1, side, side], plane)?
+                        .cast_to::<f16>()?
+                        .into_owned();
+                    let out = plan.run(tvec!(input.into()))?;
+                    let prob = out[0].cast_to::<f32>()?;
+                    Ok(prob.to_plain_array_view::<f32>()?.iter().copied().collect())
+                };
+                run().map_err(|e| ModelError::Run(format!("{e:#}")))
             }
             #[cfg(feature = "ort")]
             Runner::Ort(ort) => ort.run(plane, side),

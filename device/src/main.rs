@@ -55,7 +55,8 @@ struct ServeArgs {
     /// ONNX model file.
     #[arg(long)]
     model: PathBuf,
-    /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
+    /// Inference engine (`tract-f16`: half precision, for ARM cores with fp16 arithmetic; `ort`
+    /// needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = Engine::Tract)]
     engine: Engine,
     /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).
@@ -111,7 +112,8 @@ struct InferArgs {
     /// ONNX model file.
     #[arg(long)]
     model: PathBuf,
-    /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
+    /// Inference engine (`tract-f16`: half precision, for ARM cores with fp16 arithmetic; `ort`
+    /// needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = Engine::Tract)]
     engine: Engine,
     /// Cores one inference may use (tract's matrix products, onnxruntime's intra-op threads).

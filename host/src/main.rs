@@ -186,7 +186,8 @@ struct EvalArgs {
     /// Evaluate only the validation ids of this run's split.json (slices the run never trained on).
     #[arg(long)]
     split: Option<PathBuf>,
-    /// Inference engine (`ort` needs the cargo feature and ORT_DYLIB_PATH).
+    /// Inference engine (`tract-f16`: half precision, for ARM cores with fp16 arithmetic; `ort`
+    /// needs the cargo feature and ORT_DYLIB_PATH).
     #[arg(long, value_enum, default_value_t = tvunet_device::Engine::Tract)]
     engine: tvunet_device::Engine,
     /// Mirror images to average in place of the model's own setting: none, left-right,
