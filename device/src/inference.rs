@@ -1,5 +1,6 @@
-//! Loads an exported TV-UNet once and segments slices with it: tract by default, onnxruntime
-//! where the `ort` feature is built and the library is installed.
+//! Loads an exported TV-UNet once and segments slices with it: tract by default, tract in half
+//! precision on request, onnxruntime where the `ort` feature is built and the library is
+//! installed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -168,10 +169,10 @@ pub enum Engine {
     Tract,
     /// onnxruntime, loaded from `ORT_DYLIB_PATH` (cargo feature `ort`).
     Ort,
-    /// tract with the network's floating-point arithmetic in half precision (f16): for ARM cores
-    /// with fp16 arithmetic (ARMv8.2-A and later, such as Cortex-A55 and A76), where tract has
-    /// f16 matrix kernels. Input and probabilities stay f32 at the edges. Elsewhere tract
-    /// emulates f16, seconds per slice.
+    /// Experimental, speed unmeasured: tract with the network in half precision (f16), meant for
+    /// ARM cores with fp16 arithmetic (Armv8.2-A and later, such as Cortex-A55 and A76), where
+    /// tract has f16 kernels. The input plane is rounded to f16; the probabilities come back as
+    /// f32. Masks checked against f32 on x86 only, where it takes seconds per inference.
     #[value(name = "tract-f16")]
     #[serde(rename = "tract-f16")]
     TractF16,
@@ -187,7 +188,7 @@ impl std::fmt::Display for Engine {
     }
 }
 
-/// Threads a single inference may use, for both engines; 1 unless [`set_threads`] was called.
+/// Threads a single inference may use, for every engine; 1 unless [`set_threads`] was called.
 static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
 /// Lets each inference use `threads` cores: tract's matrix products run on a pool of that many
@@ -236,6 +237,20 @@ pub fn prepare_tract() {
                 tracing::warn!("could not keep tract off its AMX int8 kernel: {e:#}");
             }
         });
+    }
+}
+
+/// Warns that `tract-f16` will be slow where the CPU has no fp16 arithmetic for its kernels.
+fn warn_without_fp16_arithmetic() {
+    #[cfg(target_arch = "aarch64")]
+    let native = std::arch::is_aarch64_feature_detected!("fp16");
+    #[cfg(not(target_arch = "aarch64"))]
+    let native = false;
+    if !native {
+        tracing::warn!(
+            "engine tract-f16 on a CPU without Arm fp16 arithmetic: expect seconds per \
+             inference, far slower than the f32 engine"
+        );
     }
 }
 
@@ -319,6 +334,7 @@ impl Segmenter {
                     .and_then(|m| m.into_runnable())
                     .map_err(|e| ModelError::Prepare(format!("{e:#}")))?;
                 if engine == Engine::TractF16 {
+                    warn_without_fp16_arithmetic();
                     Runner::TractF16(plan)
                 } else {
                     Runner::Tract(plan)

@@ -47,6 +47,8 @@ pub struct Interval {
 pub struct Report {
     pub model: String,
     pub model_sha256: String,
+    /// The engine that ran it (`tract`, `tract-f16`, `ort`).
+    pub engine: String,
     pub data: String,
     pub slices: usize,
     /// The model's default threshold.
@@ -146,6 +148,7 @@ pub fn evaluate(
     let report = Report {
         model: model.display().to_string(),
         model_sha256: segmenter.sha256().to_string(),
+        engine: segmenter.engine().to_string(),
         data: data.display().to_string(),
         slices: slices.len(),
         threshold,
