@@ -51,6 +51,13 @@ cross:
     CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
         cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
 
+# The device's masks on emulated ARM cores (Cortex-A76, A55, A53 kernels; fp32, int8, f16) against
+# x86 and the radiologist's masks, on the labelled slices. Root, qemu-user and the cross compiler
+# (bench/arm.sh). Correctness only: emulation says nothing about a board's speed.
+arm out="out/arm" lanes="2":
+    rustup target add aarch64-unknown-linux-gnu
+    bench/arm.sh {{out}} {{lanes}}
+
 # Formatting and lints as CI wants them.
 lint:
     cargo fmt --all -- --check
