@@ -66,7 +66,7 @@ def main():
             mean = np.mean([dice(got[n], truth[n]) for n in common])
             line += (
                 f" | {reference:<8} {100 * (1 - differ / total):>14.4f} {differ:>7}"
-                f" {same:>5} of {len(common):<2} {mean - ref_mean:>+15.4f}"
+                f" {same:>5} of {len(common):<2} {mean - ref_mean:>+15.5f}"
             )
         print(line)
 
