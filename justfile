@@ -49,11 +49,11 @@ serve m=model addr="127.0.0.1:7878":
 cross:
     rustup target add aarch64-unknown-linux-gnu
     CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
-        cargo check -p tvunet-device --target aarch64-unknown-linux-gnu
+        cargo check -p tvunet-device --all-targets --target aarch64-unknown-linux-gnu
 
 # The device's masks on emulated ARM cores (Cortex-A76, A55, A53 kernels; fp32, int8, f16) against
-# x86 and the radiologist's masks, on the labelled slices. Root, qemu-user and the cross compiler
-# (bench/arm.sh). Correctness only: emulation says nothing about a board's speed.
+# x86 and the radiologist's masks, on the labelled slices. Needs root, qemu-user and the cross
+# compiler (bench/arm.sh). Correctness only: emulation says nothing about a board's speed.
 arm out="out/arm" lanes="2":
     rustup target add aarch64-unknown-linux-gnu
     bench/arm.sh {{out}} {{lanes}}

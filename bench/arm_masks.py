@@ -42,6 +42,13 @@ def main():
     for run in runs:
         got = loaded[run]
         names = sorted(got)
+        if not names:
+            print(f"{run:<10} no masks in {os.path.join(out, run)}")
+            continue
+        missing = [n for n in names if not os.path.exists(os.path.join(truth_dir, n + ".png"))]
+        if missing:
+            listed = ", ".join(missing[:5])
+            raise SystemExit(f"{run}: no radiologist's mask in {truth_dir} for {listed}")
         truth = {n: np.asarray(Image.open(os.path.join(truth_dir, n + ".png"))) > 127 for n in names}
         for n in names:
             if got[n].shape != truth[n].shape:
@@ -56,7 +63,9 @@ def main():
             f" {100 * marked / pixels:>8.2f}"
         )
         reference = "x86-int8" if run.endswith("-int8") else "x86-fp32"
-        if not run.startswith("x86") and reference in loaded:
+        if not run.startswith("x86") and not loaded.get(reference):
+            line += f" | no {reference} run in {out} to compare with"
+        elif not run.startswith("x86"):
             ref = loaded[reference]
             common = [n for n in names if n in ref]
             differ = sum(int((got[n] != ref[n]).sum()) for n in common)
