@@ -349,7 +349,34 @@ pub struct Augment {
     /// 0 leaves the ratio alone and draws nothing, so older recipes replay unchanged.
     #[serde(default)]
     pub max_aspect: f32,
+    /// Largest shift of an elastic grid's control points, as a share of the slice's side (0.03
+    /// moves a point up to 3 % of the side). The grid has [`ELASTIC_GRID`]² points and the shift
+    /// between them is interpolated, so the anatomy bends smoothly. 0 draws nothing.
+    #[serde(default)]
+    pub max_elastic: f32,
+    /// Largest standard deviation of Gaussian noise added to the normalised plane (drawn
+    /// uniformly from 0 to this per example). 0 draws nothing.
+    #[serde(default)]
+    pub max_noise: f32,
+    /// Largest Gaussian blur of the warped grey plane, standard deviation in pixels (drawn
+    /// uniformly from 0 to this per example): the slices arrive up- or down-sampled from
+    /// 153 to 507 pixels, so their sharpness varies. 0 draws nothing.
+    #[serde(default)]
+    pub max_blur: f32,
+    /// Whether half the draws mirror the slice front to back. The stored slices are transposed
+    /// (spine at the right edge), so this flips the columns: the spine moves to the left edge,
+    /// a view no scanner gives. The left-right mirror (the rows) is drawn either way. When
+    /// false the coin is still tossed and ignored, so every other draw stays as it was.
+    #[serde(default = "mirror_front_back_default")]
+    pub mirror_front_back: bool,
 }
+
+fn mirror_front_back_default() -> bool {
+    true
+}
+
+/// Control points per side of the elastic grid.
+pub const ELASTIC_GRID: usize = 5;
 
 impl Default for Augment {
     fn default() -> Self {
@@ -359,6 +386,10 @@ impl Default for Augment {
             max_gamma: 0.5,
             max_contrast: 0.2,
             max_aspect: 0.0,
+            max_elastic: 0.0,
+            max_noise: 0.0,
+            max_blur: 0.0,
+            mirror_front_back: true,
         }
     }
 }
@@ -458,6 +489,13 @@ pub struct Warp {
     gamma: f32,
     /// Contrast factor about mid-grey.
     contrast: f32,
+    /// Shift of each elastic control point (row-major, x then y), as a share of the side.
+    elastic: Option<[[f32; 2]; ELASTIC_GRID * ELASTIC_GRID]>,
+    /// Blur of the warped grey plane, standard deviation in pixels (0 = none).
+    blur_sigma: f32,
+    /// Noise on the normalised plane: standard deviation and the seed of its draws.
+    noise_sd: f32,
+    noise_seed: u64,
 }
 
 impl Warp {
@@ -466,6 +504,7 @@ impl Warp {
         let angle = rng.random_range(-aug.max_rotation_deg..=aug.max_rotation_deg).to_radians();
         let scale = 1.0 + rng.random_range(-aug.max_scale..=aug.max_scale);
         let (flip_x, flip_y) = (rng.random_bool(0.5), rng.random_bool(0.5));
+        let flip_x = flip_x && aug.mirror_front_back;
         let (gamma, contrast) = grey_draw(aug, rng);
         // Stretch along x by sqrt(aspect) and squeeze along y by the same factor.
         let stretch = if aug.max_aspect > 0.0 {
@@ -475,7 +514,37 @@ impl Warp {
         };
         let (scale_x, scale_y) = (scale * stretch, scale / stretch);
         let (sin, cos) = angle.sin_cos();
-        Self { sin, cos, scale_x, scale_y, flip_x, flip_y, gamma, contrast }
+        // Each optional part draws only when enabled, so that older recipes replay unchanged.
+        let elastic = (aug.max_elastic > 0.0).then(|| {
+            let mut grid = [[0f32; 2]; ELASTIC_GRID * ELASTIC_GRID];
+            for point in &mut grid {
+                for v in point.iter_mut() {
+                    *v = rng.random_range(-aug.max_elastic..=aug.max_elastic);
+                }
+            }
+            grid
+        });
+        let blur_sigma =
+            if aug.max_blur > 0.0 { rng.random_range(0.0..=aug.max_blur) } else { 0.0 };
+        let (noise_sd, noise_seed) = if aug.max_noise > 0.0 {
+            (rng.random_range(0.0..=aug.max_noise), rng.random())
+        } else {
+            (0.0, 0)
+        };
+        Self {
+            sin,
+            cos,
+            scale_x,
+            scale_y,
+            flip_x,
+            flip_y,
+            gamma,
+            contrast,
+            elastic,
+            blur_sigma,
+            noise_sd,
+            noise_seed,
+        }
     }
 
     /// The same geometry with a fresh grey-level change: a second view of the same anatomy
@@ -489,7 +558,11 @@ impl Warp {
     fn source(&self, n: usize, x: usize, y: usize) -> (f32, f32) {
         let c = (n as f32 - 1.0) / 2.0;
         let (sin, cos) = (self.sin, self.cos);
-        let (dx, dy) = ((x as f32 - c) / self.scale_x, (y as f32 - c) / self.scale_y);
+        let (ex, ey) = match &self.elastic {
+            Some(grid) => elastic_shift(grid, n, x, y),
+            None => (0.0, 0.0),
+        };
+        let (dx, dy) = ((x as f32 + ex - c) / self.scale_x, (y as f32 + ey - c) / self.scale_y);
         let mut sx = cos * dx + sin * dy + c;
         let mut sy = -sin * dx + cos * dy + c;
         if self.flip_x {
@@ -511,11 +584,21 @@ impl Warp {
                 plane[y * n + x] = bilinear(grey, n, sx, sy).unwrap_or(background);
             }
         }
+        if self.blur_sigma > 0.0 {
+            gaussian_blur(&mut plane, n, self.blur_sigma);
+        }
         for v in &mut plane {
             let unit = (*v / 255.0).clamp(0.0, 1.0).powf(self.gamma);
             *v = ((unit - 0.5) * self.contrast + 0.5) * 255.0;
         }
         normalisation.apply(&mut plane);
+        if self.noise_sd > 0.0 {
+            add_gaussian_noise(
+                &mut plane,
+                self.noise_sd,
+                &mut StdRng::seed_from_u64(self.noise_seed),
+            );
+        }
         plane
     }
 
@@ -532,6 +615,68 @@ impl Warp {
             }
         }
         out
+    }
+}
+
+/// The elastic shift at output pixel `(x, y)` of an `n` x `n` plane, pixels: the control
+/// points' shifts interpolated bilinearly.
+fn elastic_shift(grid: &[[f32; 2]], n: usize, x: usize, y: usize) -> (f32, f32) {
+    let last = (ELASTIC_GRID - 1) as f32;
+    let to_grid = |v: usize| v as f32 / (n.max(2) - 1) as f32 * last;
+    let (gx, gy) = (to_grid(x), to_grid(y));
+    let (x0, y0) =
+        ((gx.floor() as usize).min(ELASTIC_GRID - 2), (gy.floor() as usize).min(ELASTIC_GRID - 2));
+    let (fx, fy) = (gx - x0 as f32, gy - y0 as f32);
+    let at = |i: usize, j: usize, k: usize| grid[j * ELASTIC_GRID + i][k];
+    let mix = |k: usize| {
+        let top = at(x0, y0, k) * (1.0 - fx) + at(x0 + 1, y0, k) * fx;
+        let bottom = at(x0, y0 + 1, k) * (1.0 - fx) + at(x0 + 1, y0 + 1, k) * fx;
+        (top * (1.0 - fy) + bottom * fy) * n as f32
+    };
+    (mix(0), mix(1))
+}
+
+/// Separable Gaussian blur of an `n` x `n` plane, standard deviation `sigma` pixels; edges
+/// repeat the border pixel.
+fn gaussian_blur(plane: &mut [f32], n: usize, sigma: f32) {
+    let radius = (2.0 * sigma).ceil() as isize;
+    let mut kernel: Vec<f32> =
+        (-radius..=radius).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|w| *w /= total);
+    let clamp = |i: isize| i.clamp(0, n as isize - 1) as usize;
+    let mut rows = vec![0f32; n * n];
+    for y in 0..n {
+        for x in 0..n {
+            rows[y * n + x] = kernel
+                .iter()
+                .zip(-radius..)
+                .map(|(w, d)| w * plane[y * n + clamp(x as isize + d)])
+                .sum();
+        }
+    }
+    for y in 0..n {
+        for x in 0..n {
+            plane[y * n + x] = kernel
+                .iter()
+                .zip(-radius..)
+                .map(|(w, d)| w * rows[clamp(y as isize + d) * n + x])
+                .sum();
+        }
+    }
+}
+
+/// Adds Gaussian noise of standard deviation `sd` to every value.
+fn add_gaussian_noise(plane: &mut [f32], sd: f32, rng: &mut StdRng) {
+    for pair in plane.chunks_mut(2) {
+        // Box-Muller: two independent standard normal values from two uniform ones.
+        let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+        let radius = sd * (-2.0 * u1.ln()).sqrt();
+        let turn = std::f32::consts::TAU * u2;
+        pair[0] += radius * turn.cos();
+        if let Some(v) = pair.get_mut(1) {
+            *v += radius * turn.sin();
+        }
     }
 }
 
@@ -581,16 +726,7 @@ pub fn consistency_views(
     let (grey, n) = (resized_grey(image, side), side as usize);
     let mut noisy = second.plane(&grey, n, normalisation);
     if noise_sd > 0.0 {
-        for pair in noisy.chunks_mut(2) {
-            // Box-Muller: two independent standard normal values from two uniform ones.
-            let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
-            let radius = noise_sd * (-2.0 * u1.ln()).sqrt();
-            let turn = std::f32::consts::TAU * u2;
-            pair[0] += radius * turn.cos();
-            if let Some(v) = pair.get_mut(1) {
-                *v += radius * turn.sin();
-            }
-        }
+        add_gaussian_noise(&mut noisy, noise_sd, rng);
     }
     [first.plane(&grey, n, normalisation), noisy]
 }
@@ -719,6 +855,10 @@ mod tests {
         max_gamma: 0.0,
         max_contrast: 0.0,
         max_aspect: 0.0,
+        max_elastic: 0.0,
+        max_noise: 0.0,
+        max_blur: 0.0,
+        mirror_front_back: true,
     };
 
     /// The two views of an unlabelled slice share their warp: without a grey-level change or
@@ -833,6 +973,84 @@ mod tests {
             let lesion = e.target.iter().filter(|&&v| v > 0.5).count();
             assert_eq!(lesion, 50, "flips keep the lesion area");
         }
+    }
+
+    /// A warp with only flips off and everything else at identity, for the tests below.
+    fn identity_warp() -> Warp {
+        Warp {
+            sin: 0.0,
+            cos: 1.0,
+            scale_x: 1.0,
+            scale_y: 1.0,
+            flip_x: false,
+            flip_y: false,
+            gamma: 1.0,
+            contrast: 1.0,
+            elastic: None,
+            blur_sigma: 0.0,
+            noise_sd: 0.0,
+            noise_seed: 0,
+        }
+    }
+
+    /// A uniform elastic shift of 0.125 of the side moves a lesion by 8 of 64 pixels; a bent
+    /// grid keeps its area within a fifth; a zero grid changes nothing.
+    #[test]
+    fn elastic_grid_moves_and_bends_the_mask() {
+        let n = 64usize;
+        let mask: Vec<f32> = (0..n * n)
+            .map(|i| {
+                f32::from(u8::from((22..42).contains(&(i / n)) && (22..42).contains(&(i % n))))
+            })
+            .collect();
+        let plain = identity_warp();
+        assert_eq!(plain.nearest(&mask, n), mask);
+        let still = Warp { elastic: Some([[0.0; 2]; ELASTIC_GRID * ELASTIC_GRID]), ..plain };
+        assert_eq!(still.nearest(&mask, n), mask);
+        let shifted = Warp { elastic: Some([[0.125, 0.0]; ELASTIC_GRID * ELASTIC_GRID]), ..plain };
+        let moved = shifted.nearest(&mask, n);
+        let xs: Vec<usize> = (0..n * n).filter(|&i| moved[i] > 0.5).map(|i| i % n).collect();
+        // Output x takes source x + 8, so the lesion (22..42) appears at 14..34.
+        assert_eq!((*xs.iter().min().unwrap(), *xs.iter().max().unwrap()), (14, 33));
+
+        let aug = Augment { max_elastic: 0.05, ..STILL };
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut bent = 0;
+        for _ in 0..8 {
+            let w = Warp { flip_x: false, flip_y: false, ..Warp::draw(&aug, &mut rng) };
+            let out = w.nearest(&mask, n);
+            let area = out.iter().filter(|&&v| v > 0.5).count() as f32;
+            assert!((area - 400.0).abs() < 80.0, "area {area} of 400 after bending");
+            bent += usize::from(out != mask);
+        }
+        assert_eq!(bent, 8, "every draw bends the slice");
+    }
+
+    /// Blur keeps the mean grey and removes fine detail; noise has the drawn spread and the
+    /// same warp gives the same noise.
+    #[test]
+    fn blur_and_noise_change_the_plane_as_drawn() {
+        let n = 32usize;
+        let grey: Vec<f32> = (0..n * n)
+            .map(|i| if (i / n + i % n).is_multiple_of(2) { 200.0 } else { 50.0 })
+            .collect();
+        let spread = |v: &[f32]| {
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            (mean, (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt())
+        };
+        let mut blurred = grey.clone();
+        gaussian_blur(&mut blurred, n, 1.5);
+        let ((m0, s0), (m1, s1)) = (spread(&grey), spread(&blurred));
+        assert!((m0 - m1).abs() < 0.5 && s1 < 0.05 * s0, "mean {m0} -> {m1}, sd {s0} -> {s1}");
+
+        let z = Normalisation::ZscorePerSlice;
+        let clean = identity_warp().plane(&grey, n, z);
+        let noisy = Warp { noise_sd: 0.2, noise_seed: 9, ..identity_warp() };
+        let a = noisy.plane(&grey, n, z);
+        assert_eq!(a, noisy.plane(&grey, n, z), "the seed fixes the noise");
+        let d: Vec<f32> = a.iter().zip(&clean).map(|(x, y)| x - y).collect();
+        let (mean, sd) = spread(&d);
+        assert!(mean.abs() < 0.03 && (sd - 0.2).abs() < 0.02, "noise mean {mean}, sd {sd}");
     }
 
     /// Aspect jitter stretches one axis against the other: a centred square lesion comes out

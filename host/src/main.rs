@@ -266,6 +266,23 @@ struct TrainArgs {
     /// 1.25x the other); 0 keeps the slice's ratio.
     #[arg(long, default_value_t = 0.0)]
     aug_aspect: f32,
+    /// Largest rotation in augmentation, degrees.
+    #[arg(long, default_value_t = data::Augment::default().max_rotation_deg)]
+    aug_rotation: f32,
+    /// Largest shift of the elastic grid's control points, as a share of the slice's side
+    /// (0.03 = 3 %); 0 = no elastic bending.
+    #[arg(long, default_value_t = 0.0)]
+    aug_elastic: f32,
+    /// Largest standard deviation of Gaussian noise on the normalised training plane; 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    aug_noise: f32,
+    /// Largest Gaussian blur of the training slice, standard deviation in pixels; 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    aug_blur: f32,
+    /// Keep the spine where the stored slices have it: mirror left to right only, never front
+    /// to back (the stored slices are transposed, so that is the columns).
+    #[arg(long)]
+    no_front_back_mirror: bool,
     /// Cross-validation folds.
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -443,9 +460,24 @@ fn run_train(a: TrainArgs) -> Result<()> {
         a.fold,
         a.folds
     );
-    for (flag, v) in [("--aug-scale", a.aug_scale), ("--aug-aspect", a.aug_aspect)] {
+    for (flag, v) in [
+        ("--aug-scale", a.aug_scale),
+        ("--aug-aspect", a.aug_aspect),
+        ("--aug-elastic", a.aug_elastic),
+        ("--aug-noise", a.aug_noise),
+    ] {
         anyhow::ensure!((0.0..1.0).contains(&v), "{flag} {v}: must lie in 0..1");
     }
+    anyhow::ensure!(
+        (0.0..=180.0).contains(&a.aug_rotation),
+        "--aug-rotation {}: must lie in 0..=180 degrees",
+        a.aug_rotation
+    );
+    anyhow::ensure!(
+        (0.0..=8.0).contains(&a.aug_blur),
+        "--aug-blur {}: must lie in 0..=8 pixels",
+        a.aug_blur
+    );
     let slices = read_labelled(&a.data.data, a.data.target)?;
     let extra = match &a.extra_data {
         Some(dir) => read_labelled(dir, a.data.target)
@@ -540,8 +572,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
         plateau_patience: a.plateau_patience,
         early_stop_patience: a.early_stop_patience,
         augment: data::Augment {
+            max_rotation_deg: a.aug_rotation,
             max_scale: a.aug_scale,
             max_aspect: a.aug_aspect,
+            max_elastic: a.aug_elastic,
+            max_noise: a.aug_noise,
+            max_blur: a.aug_blur,
+            mirror_front_back: !a.no_front_back_mirror,
             ..data::Augment::default()
         },
         max_minutes: a.max_minutes,
