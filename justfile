@@ -16,7 +16,7 @@ test:
 # mean teacher on the unlabelled ones; add --all-slices for the final model, --backend tch where
 # tvunet was built with libtorch.
 train out="runs/medseg" *args="":
-    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 100 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 16 --separable --input-size 192 --normalisation tissue-anchored --unlabelled {{unlabelled}} {{args}}
+    cargo run --release -p tvunet -- train --data {{data}} --out {{out}} --epochs 200 --schedule cosine --batch-size 8 --lambda-tv 0 --lr 1e-3 --base 16 --separable --input-size 192 --normalisation tissue-anchored --unlabelled {{unlabelled}} {{args}}
 
 # k-fold cross-validation of a training recipe, two folds side by side (see bench/cv.sh).
 cv out="runs/cv" folds="5" *args="":
